@@ -1,0 +1,79 @@
+# aiadmin-ops: every target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAGE := scripts/stage
+export CONTAINERS_CONF := $(CURDIR)/containers.conf
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+LAB_VAULT := --vault-id lab@inventories/lab/vault-password.LAB-ONLY.txt
+
+# Molecule scenarios, in the order CI runs them (each: create, converge, idempotence, verify, destroy).
+SCENARIOS ?= base private_network private_network_negative pg_ca_cert_negative nodejs pm2 xray xray_bad_config
+
+.PHONY: help deps venv lint unit lab-up lab-down lab-purge lab-status lab-smoke molecule test demo window-demo window-tests clean
+
+help: ## Show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+deps: ## Install system packages (podman, runc, debootstrap, PostgreSQL, ...)
+	@scripts/install-deps
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q -U pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed ## Create the Python virtualenv with the pinned tools
+
+lint: venv ## yamllint, ansible-lint (production profile), ruff
+	@$(BIN)/yamllint -s .
+	@$(BIN)/ansible-lint --profile production -q
+	@$(BIN)/ruff check .
+
+unit: deps venv ## pytest without the lab (real PostgreSQL on loopback, namespaces)
+	@$(BIN)/pytest -q -m 'not lab'
+
+lab-up: deps venv ## Create or repair the lab (idempotent)
+	@$(BIN)/aiadmin-ops lab up
+
+lab-down: venv ## Remove the lab containers and networks (images kept)
+	@$(BIN)/aiadmin-ops lab down
+
+lab-purge: venv ## Remove the lab including its images
+	@$(BIN)/aiadmin-ops lab down --purge-images
+
+lab-status: venv ## Show what the lab has and whether it is healthy
+	@$(BIN)/aiadmin-ops lab status
+
+lab-smoke: lab-up ## Prove the lab's networks, TLS and systemd with real connections
+	@$(BIN)/pytest -q -m 'lab and not window' tests/lab
+
+molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose)
+	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
+	@set -e; for s in $(SCENARIOS); do \
+	  $(STAGE) molecule-$$s env PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$s; \
+	done
+
+test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, Molecule
+	@$(STAGE) lint $(MAKE) --no-print-directory lint
+	@$(STAGE) pytest $(BIN)/pytest -q -m 'not lab'
+	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
+	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window'
+	@$(MAKE) --no-print-directory molecule
+
+demo: lab-up ## The main job on the local lab: lab up, new host prepared, go/no-go gates
+	@$(BIN)/ansible-playbook -i inventories/lab/hosts.yml $(LAB_VAULT) tests/gates/lab_prep.yml
+	@$(BIN)/aiadmin-ops gates
+	@$(BIN)/aiadmin-ops lab status
+
+window-demo: lab-up ## The whole window story (provision old+new, migrate, report) - see README
+	@scripts/demo
+
+window-tests: lab-up ## The migration-window tests on the lab (after scripts/demo --prepare)
+	@$(BIN)/pytest -q -m window
+
+clean: ## Remove local caches (not the lab)
+	rm -rf .pytest_cache .ruff_cache

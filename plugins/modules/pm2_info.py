@@ -1,0 +1,230 @@
+#!/usr/bin/python
+"""Ansible module: read PM2's process list without side effects, gate on an expected set."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pm2_info
+short_description: Report PM2 processes (status, restarts, uptime, memory) and gate on an expected set
+description:
+  - Reads C(pm2 jlist) as the PM2 user and returns one entry per process.
+  - Never starts a PM2 daemon as a side effect - when the daemon of I(pm2_home) is not running
+    (no C(rpc.sock) / no live pid in C(pm2.pid)), it reports C(daemon_running=false) without calling pm2.
+  - Parses the output safely - pm2 can print warnings or banners before the JSON array; the module
+    looks for the JSON array itself.
+  - With I(expected), computes C(missing) and C(not_online) and C(go); fails closed (the task fails with
+    the reasons) unless I(report_only=true).
+  - Read-only; supports check mode.
+version_added: "1.0.0"
+options:
+  pm2_home:
+    description: The PM2_HOME of the daemon to query (e.g. /home/aiadmin/.pm2).
+    type: path
+    required: true
+  pm2_user:
+    description:
+      - User the daemon runs as; when the module runs as root it calls pm2 as this user.
+      - Defaults to the owner of I(pm2_home).
+    type: str
+  pm2_bin:
+    description: The pm2 executable.
+    type: path
+    default: pm2
+  expected:
+    description: Process names that must exist and be C(online).
+    type: list
+    elements: str
+    default: []
+  report_only:
+    description: Do not fail when the expected set is not met (or the daemon is down); only report.
+    type: bool
+    default: false
+  timeout:
+    description: Seconds to wait for C(pm2 jlist).
+    type: int
+    default: 30
+author:
+  - aiadmin-ops
+"""
+
+EXAMPLES = r"""
+- name: Gate - every app process online
+  pm2_info:
+    pm2_home: /home/aiadmin/.pm2
+    expected: "{{ aiadmin_pm2_processes }}"
+
+- name: Report only (never fails on a missing process)
+  pm2_info:
+    pm2_home: /home/aiadmin/.pm2
+    report_only: true
+  register: pm2_state
+"""
+
+RETURN = r"""
+daemon_running:
+  description: Whether the PM2 daemon of pm2_home runs (checked without calling pm2).
+  returned: always
+  type: bool
+processes:
+  description: One entry per PM2 process.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: Process name, type: str}
+    pm_id: {description: PM2 id, type: int}
+    status: {description: PM2 status (online, stopped, errored, ...), type: str}
+    restarts: {description: Restart count, type: int}
+    uptime_s: {description: Seconds since the process started (0 unless online), type: int}
+    memory_bytes: {description: Resident memory in bytes, type: int}
+    cpu_percent: {description: CPU percent, type: float}
+    pid: {description: OS pid (0 when not running), type: int}
+  sample: [{name: ai-admin-api, pm_id: 0, status: online, restarts: 0, uptime_s: 3600,
+            memory_bytes: 73400320, cpu_percent: 0.3, pid: 1234}]
+online:
+  description: Names of the online processes.
+  returned: always
+  type: list
+  elements: str
+missing:
+  description: Expected names that PM2 does not know.
+  returned: always
+  type: list
+  elements: str
+not_online:
+  description: Expected names that exist but are not online.
+  returned: always
+  type: list
+  elements: str
+go:
+  description: True when the daemon runs and every expected process is online.
+  returned: always
+  type: bool
+reasons:
+  description: Why go is false.
+  returned: always
+  type: list
+  elements: str
+counts:
+  description: Numbers for reports (total, online, restarts).
+  returned: always
+  type: dict
+"""
+
+import json
+import os
+import pwd
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def daemon_running(pm2_home):
+    """True if the daemon of pm2_home is alive, judged from its files only."""
+    if not os.path.exists(os.path.join(pm2_home, "rpc.sock")):
+        return False
+    try:
+        with open(os.path.join(pm2_home, "pm2.pid"), encoding="ascii") as handle:
+            pid = int(handle.read().strip())
+    except (OSError, ValueError):
+        return False
+    return os.path.exists(f"/proc/{pid}")
+
+
+def extract_json_array(text):
+    """Find the JSON array in pm2's output (warnings/banners may precede or follow it)."""
+    decoder = json.JSONDecoder()
+    start = text.find("[")
+    while start != -1:
+        try:
+            value, _end = decoder.raw_decode(text, start)
+        except ValueError:
+            start = text.find("[", start + 1)
+            continue
+        if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+            return value
+        start = text.find("[", start + 1)
+    raise ValueError("no JSON array of processes in the pm2 output")
+
+
+def summarise(raw, now_ms):
+    env = raw.get("pm2_env") or {}
+    monit = raw.get("monit") or {}
+    status = str(env.get("status", "unknown"))
+    started = env.get("pm_uptime") or 0
+    uptime = int(max(0, now_ms - started) / 1000) if status == "online" and started else 0
+    return {
+        "name": str(raw.get("name", "")),
+        "pm_id": int(raw.get("pm_id", -1)),
+        "status": status,
+        "restarts": int(env.get("restart_time", 0) or 0),
+        "uptime_s": uptime,
+        "memory_bytes": int(monit.get("memory", 0) or 0),
+        "cpu_percent": float(monit.get("cpu", 0) or 0),
+        "pid": int(raw.get("pid", 0) or 0),
+    }
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "pm2_home": {"type": "path", "required": True},
+            "pm2_user": {"type": "str"},
+            "pm2_bin": {"type": "path", "default": "pm2"},
+            "expected": {"type": "list", "elements": "str", "default": []},
+            "report_only": {"type": "bool", "default": False},
+            "timeout": {"type": "int", "default": 30},
+        },
+        supports_check_mode=True,
+    )
+    pm2_home = module.params["pm2_home"]
+    expected = module.params["expected"]
+    result = {"changed": False, "daemon_running": False, "processes": [], "online": [],
+              "missing": list(expected), "not_online": [], "go": False, "reasons": [],
+              "counts": {"total": 0, "online": 0, "restarts": 0}}
+
+    if not daemon_running(pm2_home):
+        result["reasons"].append(f"the PM2 daemon of {pm2_home} is not running")
+        if module.params["report_only"]:
+            module.exit_json(**result)
+        module.fail_json(msg="; ".join(result["reasons"]), **result)
+
+    user = module.params["pm2_user"] or pwd.getpwuid(os.stat(pm2_home).st_uid).pw_name
+    argv = [module.params["pm2_bin"], "jlist"]
+    if os.geteuid() == 0 and user != "root":
+        argv = ["runuser", "-u", user, "--", *argv]
+    env = {"PM2_HOME": pm2_home, "HOME": pwd.getpwnam(user).pw_dir}
+    # The daemon is alive (checked above), so `pm2 jlist` only talks to it over rpc.sock.
+    argv = ["timeout", str(module.params["timeout"]), *argv]
+    rc, out, err = module.run_command(argv, environ_update=env, check_rc=False)
+    if rc != 0:
+        module.fail_json(msg=f"pm2 jlist failed (rc={rc}): {err.strip() or out.strip()}", **result)
+    try:
+        raw = extract_json_array(out)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc), stdout=out[-2000:], **result)
+
+    now_ms = time.time() * 1000
+    procs = [summarise(item, now_ms) for item in raw]
+    names = {p["name"]: p for p in procs}
+    result["daemon_running"] = True
+    result["processes"] = procs
+    result["online"] = sorted(p["name"] for p in procs if p["status"] == "online")
+    result["missing"] = [name for name in expected if name not in names]
+    result["not_online"] = [name for name in expected if name in names and names[name]["status"] != "online"]
+    result["counts"] = {"total": len(procs), "online": len(result["online"]),
+                        "restarts": sum(p["restarts"] for p in procs)}
+    if result["missing"]:
+        result["reasons"].append("missing: " + ", ".join(result["missing"]))
+    if result["not_online"]:
+        result["reasons"].append("not online: " + ", ".join(
+            f"{n} ({names[n]['status']})" for n in result["not_online"]))
+    result["go"] = not result["reasons"]
+    if not result["go"] and not module.params["report_only"]:
+        module.fail_json(msg="; ".join(result["reasons"]), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Helpers shared by the tests: paths, the lab vault, podman."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB_VAULT_PASSWORD = ROOT / "inventories/lab/vault-password.LAB-ONLY.txt"
+os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "containers.conf"))
+os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
+
+
+def lab_vault() -> dict:
+    """The decrypted LAB-ONLY vault (fake secrets)."""
+    import yaml
+    from ansible.constants import DEFAULT_VAULT_ID_MATCH
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    secret = VaultSecret(LAB_VAULT_PASSWORD.read_bytes().strip())
+    vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, secret)])
+    data = (ROOT / "inventories/lab/group_vars/all/vault.yml").read_bytes()
+    return yaml.safe_load(vault.decrypt(data))
+
+
+def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def lab_running() -> bool:
+    if shutil.which("podman") is None or os.geteuid() != 0:
+        return False
+    proc = podman("container", "inspect", "-f", "{{.State.Running}}", "lab-db", check=False)
+    return proc.returncode == 0 and proc.stdout.strip() == "true"

@@ -1,0 +1,107 @@
+"""The lab command's clear errors, run for real (another user, another PATH, a real mount)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+CLI = [str(ROOT / ".venv/bin/python"), "-m", "aiadmin_ops.cli"]
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def cli(*args: str, env: dict | None = None, user: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [*CLI, *args]
+    if user:  # the venv's interpreter lives under /root; another user runs the system one
+        cmd = ["runuser", "-u", user, "--", "/usr/bin/python3", "-m", "aiadmin_ops.cli", *args]
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd="/", timeout=120, check=False)
+
+
+@needs_root
+def test_up_refuses_non_root():
+    proc = cli("lab", "up", user="nobody")
+    assert proc.returncode == 2
+    assert "needs root" in proc.stderr
+
+
+@needs_root
+def test_up_without_podman_says_so(tmp_path: Path):
+    # A PATH with everything but podman.
+    for tool in ("runc", "debootstrap"):
+        if shutil.which(tool):
+            (tmp_path / tool).symlink_to(shutil.which(tool))
+    proc = cli("lab", "up", env={"PATH": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "podman not found" in proc.stderr
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("podman") is None, reason="needs podman")
+def test_up_without_free_disk_says_so():
+    proc = cli("lab", "up", env={"AIADMIN_LAB_MIN_FREE_GIB": "1000000"})
+    assert proc.returncode == 2
+    assert "GiB free" in proc.stderr and "needs at least" in proc.stderr
+
+
+@needs_root
+def test_interrupted_image_build_is_cleaned_up(tmp_path: Path):
+    """An interrupted debootstrap leaves /proc mounted in the rootfs; the next build must unmount it."""
+    from aiadmin_ops.lab import remove_rootfs
+
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "proc").mkdir(parents=True)
+    (rootfs / "etc").mkdir()
+    (rootfs / "etc/os-release").write_text("half-built\n")
+    subprocess.run(["mount", "-t", "proc", "proc", str(rootfs / "proc")], check=True)
+    try:
+        remove_rootfs(rootfs)
+    finally:
+        subprocess.run(["umount", "-l", str(rootfs / "proc")], check=False, capture_output=True)
+    assert not rootfs.exists()
+    assert str(rootfs) not in Path("/proc/mounts").read_text()
+
+
+def test_status_exit_code_matches_its_health_verdict():
+    """Whatever state the lab is in, `status` exits 0 exactly when every part is healthy."""
+    if not shutil.which("podman") or os.geteuid() != 0:
+        pytest.skip("needs podman and root")
+    proc = cli("lab", "status", "--json")
+    data = json.loads(proc.stdout)
+    parts_ok = (all(data["images"].values())
+                and all(v == "ok" for v in data["networks"].values())
+                and all(c.get("systemd") in ("running", "degraded") for c in data["containers"].values())
+                and data["containers"]["lab-db"].get("postgresql") == "accepting")
+    assert data["healthy"] is parts_ok
+    assert proc.returncode == (0 if parts_ok else 1)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "why"),
+    [
+        (lambda d: d["images"].update({"localhost/aiadmin-lab:debian13": False}), "image missing"),
+        (lambda d: d["networks"].update({"aiadmin-lab-private": "wrong shape"}), "network reshaped"),
+        (lambda d: d["containers"]["lab-egress"].update({"systemd": ""}), "systemd not answering"),
+        (lambda d: d["containers"].update({"lab-old": {"state": "missing"}}), "container missing"),
+        (lambda d: d["containers"]["lab-db"].update({"postgresql": "down"}), "postgresql down"),
+    ],
+)
+def test_health_verdict_rejects_each_broken_part(mutate, why):
+    from aiadmin_ops.lab import healthy
+
+    running = {"state": "running", "systemd": "running"}
+    data = {
+        "images": {"localhost/aiadmin-lab:debian12": True, "localhost/aiadmin-lab:debian13": True},
+        "networks": {"aiadmin-lab-public": "ok", "aiadmin-lab-private": "ok"},
+        "containers": {"lab-db": {**running, "postgresql": "accepting"}, "lab-old": dict(running),
+                       "lab-egress": dict(running)},
+    }
+    assert healthy(data)
+    mutate(data)
+    assert not healthy(data), why
