@@ -10,9 +10,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_VAULT := --vault-id lab@inventories/lab/vault-password.LAB-ONLY.txt
 
 # Molecule scenarios, in the order CI runs them (each: create, converge, idempotence, verify, destroy).
-SCENARIOS ?= base private_network private_network_negative pg_ca_cert_negative nodejs pm2 xray xray_bad_config
+SCENARIOS ?= app base xray nodejs pm2 private_network pg_ca_cert_negative xray_bad_config private_network_negative
+# Scenarios run side by side: each has its own instances; app is first so that it is never
+# queued behind the others (it is the longest).
+MOLECULE_JOBS ?= 2
 
-.PHONY: help deps venv lint unit lab-up lab-down lab-purge lab-status lab-smoke molecule test demo window-demo window-tests clean
+.PHONY: help deps venv lint unit lab-up lab-down lab-purge lab-status lab-smoke molecule test demo window-tests clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,11 +54,9 @@ lab-status: venv ## Show what the lab has and whether it is healthy
 lab-smoke: lab-up ## Prove the lab's networks, TLS and systemd with real connections
 	@$(BIN)/pytest -q -m 'lab and not window' tests/lab
 
-molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose)
+molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose, MOLECULE_JOBS side by side)
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
-	@set -e; for s in $(SCENARIOS); do \
-	  $(STAGE) molecule-$$s env PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$s; \
-	done
+	@printf '%s\n' $(SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-scenario {}
 
 test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, Molecule
 	@$(STAGE) lint $(MAKE) --no-print-directory lint
@@ -64,15 +65,11 @@ test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, Mole
 	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window'
 	@$(MAKE) --no-print-directory molecule
 
-demo: lab-up ## The main job on the local lab: lab up, new host prepared, go/no-go gates
-	@$(BIN)/ansible-playbook -i inventories/lab/hosts.yml $(LAB_VAULT) tests/gates/lab_prep.yml
-	@$(BIN)/aiadmin-ops gates
-	@$(BIN)/aiadmin-ops lab status
-
-window-demo: lab-up ## The whole window story (provision old+new, migrate, report) - see README
+demo: deps venv ## The main job on the lab: lab up, old host serving, new host provisioned, the window, the report
 	@scripts/demo
 
-window-tests: lab-up ## The migration-window tests on the lab (after scripts/demo --prepare)
+window-tests: deps venv ## The migration-window tests on the lab (prepares the story first)
+	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
 	@$(BIN)/pytest -q -m window
 
 clean: ## Remove local caches (not the lab)

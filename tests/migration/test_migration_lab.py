@@ -14,6 +14,7 @@ the story (new stopped, old serving, no ledger).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -35,10 +36,7 @@ OLD, NEW = "10.213.10.20", "10.213.20.30"  # the hosts' addresses as the databas
 LOCK_CLASS = 0x41494144
 LEDGER = ROOT / ".artifacts/ledger/migrate-lab.json"
 BIN = ROOT / ".venv/bin"
-APP_EXTRA = [
-    "-e", "aiadmin_app_repo=file:///srv/git/ai-admin.git",
-    "-e", 'aiadmin_npm_environment={"npm_config_cafile": "/etc/ssl/certs/ca-certificates.crt"}',
-]
+APP_EXTRA = ["-e", "aiadmin_app_repo=file:///srv/git/ai-admin.git"]
 NEW_VERSION = "v1.1.0"
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "containers.conf"), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
            PATH=f"{BIN}:{os.environ.get('PATH', '')}")
@@ -354,3 +352,43 @@ def test_webhook_receives_start_rollback_end(story, prepared):
     assert received[1]["failed_phase"] == "preflight"
     assert all(r["window_id"] for r in received)
     assert "password" not in json.dumps(received).lower()
+
+
+def test_decommission_refuses_while_the_old_host_serves(story, prepared):
+    old_pids = pm2_pids("lab-old")
+    proc, report = cli("decommission", "--yes")
+    assert proc.returncode != 0
+    assert report["verdict"].startswith("failed")
+    assert pm2_pids("lab-old") == old_pids, "old host touched"
+    assert podman("exec", "lab-old", "test", "-f", "/opt/ai-admin/shared/.env", check=False).returncode == 0
+    assert where_app_runs(story)["holder"] == [OLD]
+
+
+def test_window_then_decommission_the_old_host(story, prepared):
+    proc, report = cli(*window())
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    try:
+        with Monitor(prepared) as mon:
+            proc, report = cli("decommission", "--yes")
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert report["verdict"] == "succeeded"
+        old = "lab-old"
+        assert not pm2_pids(old)
+        assert podman("exec", old, "systemctl", "is-enabled", "pm2-aiadmin.service", check=False).stdout.strip() \
+            == "disabled"
+        assert podman("exec", old, "test", "-e", "/opt/ai-admin/shared/.env", check=False).returncode == 1
+        listing = podman("exec", old, "sh", "-c", "stat -c '%a %U %n' /root/aiadmin-decommission/env-*.tar.gz").stdout
+        mode, owner, archive = listing.split()
+        assert (mode, owner) == ("600", "root")
+        remote_sum = podman("exec", old, "sha256sum", archive).stdout.split()[0]
+        local = ROOT / "backups/decommission-lab-old" / Path(archive).name
+        assert oct(local.stat().st_mode & 0o777) == "0o600"
+        assert hashlib.sha256(local.read_bytes()).hexdigest() == remote_sum
+        assert where_app_runs(story)["holder"] == [NEW], "the new host must keep serving"
+        mon.assert_single_writer()
+    finally:
+        # Put the old host back for the next run: unit enabled, .env re-rendered (processes stopped).
+        podman("exec", "lab-old", "systemctl", "enable", "--now", "pm2-aiadmin.service", check=False)
+        play("playbooks/deploy.yml", "-e", "deploy_hosts=lab-old", "-e", "aiadmin_app_db_host=10.213.10.10",
+             "-e", "aiadmin_app_version=v1.0.0", "-e", "aiadmin_app_start=false", *APP_EXTRA)
+        podman("exec", "lab-old", "sh", "-c", "rm -rf /root/aiadmin-decommission", check=False)
