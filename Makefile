@@ -58,12 +58,14 @@ molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose, MOLEC
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
 	@printf '%s\n' $(SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-scenario {}
 
-test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, Molecule
+test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, Molecule, the window on the lab
 	@$(STAGE) lint $(MAKE) --no-print-directory lint
 	@$(STAGE) pytest $(BIN)/pytest -q -m 'not lab'
 	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
 	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window'
 	@$(MAKE) --no-print-directory molecule
+	@DEMO_LAB_READY=1 $(STAGE) window-prepare scripts/demo --prepare
+	@AIADMIN_SKIP_PREPARE=1 $(STAGE) window-tests $(BIN)/pytest -q -m window
 
 demo: deps venv ## The main job on the lab: lab up, old host serving, new host provisioned, the window, the report
 	@scripts/demo

@@ -28,8 +28,7 @@ import pytest
 
 from tests.helpers import LAB_VAULT_PASSWORD, ROOT, podman
 
-# Not in `make test`: needs lab-old/lab-new provisioned and serving (scripts/demo --prepare),
-# which is not yet reproducible from the project alone (see README).
+# `make test` runs `scripts/demo --prepare` as its own stage, then these with AIADMIN_SKIP_PREPARE=1.
 pytestmark = [pytest.mark.lab, pytest.mark.window]
 
 OLD, NEW = "10.213.10.20", "10.213.20.30"  # the hosts' addresses as the database sees them
