@@ -166,7 +166,9 @@ def test_redeploy_same_version_changes_and_restarts_nothing(host):
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", f"{eph}/inventory",
          str(ROOT / "playbooks/deploy.yml"), "-e", "deploy_hosts=all", "-e", "aiadmin_app_version=v1.1.0"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT)
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        # Molecule forces colour on; the recap line is parsed below.
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:]
     recap = [line for line in proc.stdout.splitlines() if line.startswith(INSTANCE) and "ok=" in line]
     assert recap and "changed=0" in recap[-1], recap
