@@ -373,6 +373,8 @@ def test_decommission_refuses_while_the_old_host_serves(story, prepared):
 
 
 def test_window_then_decommission_the_old_host(story, prepared):
+    # Exactly one archive afterwards: none left by an earlier, interrupted run.
+    podman("exec", "lab-old", "rm", "-rf", "/root/aiadmin-decommission", check=False)
     proc, report = cli(*window())
     assert proc.returncode == 0, proc.stdout[-3000:]
     try:
@@ -396,7 +398,7 @@ def test_window_then_decommission_the_old_host(story, prepared):
         mon.assert_single_writer()
     finally:
         # Put the old host back for the next run: unit enabled, .env re-rendered (processes stopped).
+        podman("exec", "lab-old", "rm", "-rf", "/root/aiadmin-decommission", check=False)
         podman("exec", "lab-old", "systemctl", "enable", "--now", "pm2-aiadmin.service", check=False)
         play("playbooks/deploy.yml", "-e", "deploy_hosts=lab-old", "-e", "aiadmin_app_db_host=10.213.10.10",
              "-e", "aiadmin_app_version=v1.0.0", "-e", "aiadmin_app_start=false", *APP_EXTRA)
-        podman("exec", "lab-old", "sh", "-c", "rm -rf /root/aiadmin-decommission", check=False)
