@@ -92,6 +92,9 @@ def run_playbook(playbook: pathlib.Path, inventory: pathlib.Path, varsfile: path
     env = dict(os.environ)
     env.update(
         ANSIBLE_CONFIG=str(ROOT / 'ansible.cfg'),
+        # Plain Ansible (a new interpreter per task), as when these figures were first taken:
+        # mitogen (ansible.cfg) hides the start-up cost alike for both modules.
+        ANSIBLE_STRATEGY='linear',
         ANSIBLE_CALLBACK_PLUGINS=str(ROOT / 'benchmarks' / 'callback'),
         ANSIBLE_CALLBACKS_ENABLED='gate_task_timer',
         ANSIBLE_LOCAL_TEMP=str(tmp / 'ansible-local'),

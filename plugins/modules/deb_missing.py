@@ -69,7 +69,7 @@ def installed_names(module, names):
         return set()
     # Missing packages go to stderr with rc 1; the others are still listed on stdout.
     rc, out, err = module.run_command(
-        ["dpkg-query", "-W", "-f", "${binary:Package}\t${Package}\t${db:Status-Status}\n", "--", *plain],
+        ["dpkg-query", "-W", "-f", "${Package}\t${Architecture}\t${db:Status-Status}\n", "--", *plain],
         environ_update={"LC_ALL": "C"},
     )
     if rc not in (0, 1):
@@ -78,7 +78,7 @@ def installed_names(module, names):
     for line in out.splitlines():
         fields = line.split("\t")
         if len(fields) == 3 and fields[2] == "installed":
-            found.update(fields[:2])
+            found.update((fields[0], f"{fields[0]}:{fields[1]}"))
     return found
 
 

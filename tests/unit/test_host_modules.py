@@ -1,0 +1,84 @@
+"""deb_missing and private_network's addresses_in_cidr, run by Ansible against this machine's
+real dpkg database and real interfaces (a network namespace the test creates)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from tests.helpers import ROOT
+
+ADHOC = [str(ROOT / ".venv/bin/ansible"), "localhost", "-i", "localhost,", "-c", "local",
+         "-e", "ansible_python_interpreter=/usr/bin/python3",
+         "-M", f"{ROOT / 'plugins/modules'}:{ROOT / 'roles/private_network/library'}"]
+ENV = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+
+
+def module(name: str, args: dict, *, check: bool = False, netns: str | None = None) -> dict:
+    cmd = [*ADHOC, "-m", name, "-a", json.dumps(args), *(["--check"] if check else [])]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=False, timeout=120)
+    assert "{" in proc.stdout, proc.stdout + proc.stderr
+    out, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])
+    return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="needs a Debian host")
+
+
+@needs_dpkg
+@pytest.mark.parametrize("check", [False, True])
+def test_deb_missing_reports_what_dpkg_does_not_have(check):
+    absent = f"aiadmin-absent-{uuid.uuid4().hex[:8]}"
+    res = module("deb_missing", {"name": ["bash", absent, "dpkg", "bash=5*", "coreutils:amd64"]}, check=check)
+    assert not res.get("failed") and res["changed"] is False, res
+    # A version, a wildcard or a release is left to apt: reported missing.
+    assert res["missing"] == [absent, "bash=5*"], res
+    assert res["installed"] == ["bash", "dpkg", "coreutils:amd64"], res
+
+
+@needs_dpkg
+def test_deb_missing_refuses_an_empty_list():
+    res = module("deb_missing", {"name": [" "]})
+    assert res.get("failed") and "name is empty" in res["msg"], res
+
+
+@pytest.fixture
+def dummy_netns():
+    """A namespace with a veth interface holding 10.213.99.5/24 (and loopback)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    name = f"aiadmin-addr-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "add", "priv0", "type", "veth", "peer", "name", "priv1"],
+                    ["ip", "addr", "add", "10.213.99.5/24", "dev", "priv0"], ["ip", "link", "set", "priv0", "up"]):
+            subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.netns
+def test_addresses_in_cidr_finds_the_interface(dummy_netns):
+    res = module("addresses_in_cidr", {"cidr": "10.213.99.0/24"}, netns=dummy_netns)
+    assert res["found"] == [{"interface": "priv0", "address": "10.213.99.5", "prefixlen": 24}], res
+    assert res["changed"] is False
+
+
+@pytest.mark.netns
+def test_addresses_in_cidr_reports_what_it_saw_when_nothing_matches(dummy_netns):
+    res = module("addresses_in_cidr", {"cidr": "10.213.20.0/24"}, netns=dummy_netns)
+    assert res["found"] == [], res
+    assert "priv0=10.213.99.5/24" in res["seen"] and "lo=127.0.0.1/8" in res["seen"], res
+
+
+def test_addresses_in_cidr_rejects_a_bad_cidr():
+    res = module("addresses_in_cidr", {"cidr": "10.213.300.0/24"})
+    assert res.get("failed") and res["msg"].startswith("cidr:"), res
