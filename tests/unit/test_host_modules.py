@@ -57,8 +57,10 @@ def dummy_netns():
     name = f"aiadmin-addr-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "add", "priv0", "type", "veth", "peer", "name", "priv1"],
-                    ["ip", "addr", "add", "10.213.99.5/24", "dev", "priv0"], ["ip", "link", "set", "priv0", "up"]):
+        for cmd in (["ip", "link", "set", "lo", "up"],
+                    ["ip", "link", "add", "priv0", "type", "veth", "peer", "name", "priv1"],
+                    ["ip", "addr", "add", "10.213.99.5/24", "dev", "priv0"],
+                    ["ip", "link", "set", "priv0", "up"]):
             subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
         yield name
     finally:
