@@ -1,5 +1,6 @@
 """base, pg_ca_cert and redis, checked from the outside."""
 
+import datetime
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import time
 import pytest
 import testinfra
 from conftest import PROJECT, podman_exec_env
+from cryptography import x509
 
 INSTANCES = ['mol-base-d12', 'mol-base-d13']
 PROBE_FROM = 'lab-old'  # another lab container, public network only
@@ -110,6 +112,17 @@ def test_verify_full_connection_with_installed_ca(name, vault):
                           {'PGPASSWORD': vault['vault_aiadmin_db_password']})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == 't'
+
+
+def test_ca_report_matches_the_certificate(host, name):
+    ephemeral = pathlib.Path(os.environ['MOLECULE_EPHEMERAL_DIRECTORY'])
+    report = json.loads((ephemeral / f'ca-report-{name}.json').read_text())
+    cert = x509.load_pem_x509_certificate(host.file('/root/.cloud-certs/root.crt').content)
+    days_left = (cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)).days
+    assert report['path'] == '/root/.cloud-certs/root.crt'
+    assert abs(int(report['days_left']) - days_left) <= 1
+    assert report['verify_full'] is True
+    assert report['tls_version'] in ('TLSv1.2', 'TLSv1.3')
 
 
 # --- redis ----------------------------------------------------------------------------

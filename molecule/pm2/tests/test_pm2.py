@@ -5,12 +5,22 @@ import os
 import subprocess
 import time
 
+import pytest
 import testinfra
 
-NAME = "mol-pm2-d13"
-host = testinfra.get_host(f"podman://{NAME}")
+INSTANCES = ["mol-pm2-d12", "mol-pm2-d13"]
 PM2 = "runuser -u aiadmin -- env PM2_HOME=/home/aiadmin/.pm2 /usr/local/bin/pm2"
 PROJECT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+@pytest.fixture(params=INSTANCES)
+def name(request):
+    return request.param
+
+
+@pytest.fixture
+def host(name):
+    return testinfra.get_host(f"podman://{name}")
 
 
 def jlist(h):
@@ -18,24 +28,24 @@ def jlist(h):
     return {p["name"]: p for p in json.loads(out[out.index("["):])}
 
 
-def test_unit_enabled_and_active():
+def test_unit_enabled_and_active(host):
     svc = host.service("pm2-aiadmin")
     assert svc.is_enabled and svc.is_running
     unit = host.file("/etc/systemd/system/pm2-aiadmin.service").content_string
     assert "ExecStart=/usr/local/bin/pm2 resurrect" in unit and "User=aiadmin" in unit
 
 
-def test_pm2_is_5x():
+def test_pm2_is_5x(host):
     assert host.check_output(f"{PM2} --version").splitlines()[-1].startswith("5.")
 
 
-def test_logrotate_configured():
+def test_logrotate_configured(host):
     conf = host.file("/etc/logrotate.d/pm2-aiadmin").content_string
     assert "copytruncate" in conf and "/home/aiadmin/.pm2/logs/*.log" in conf
     assert host.run("logrotate --debug /etc/logrotate.d/pm2-aiadmin").rc == 0
 
 
-def test_process_never_deleted_by_reruns():
+def test_process_never_deleted_by_reruns(host):
     proc = jlist(host)["hello-http"]
     assert proc["pm2_env"]["status"] == "online"
     # Converge ran twice: a delete/start would have changed the id or counted restarts.
@@ -44,12 +54,12 @@ def test_process_never_deleted_by_reruns():
     assert host.check_output("curl -s http://127.0.0.1:3999/") == "hello from pm2"
 
 
-def test_back_online_after_container_restart():
+def test_back_online_after_container_restart(name):
     env = dict(os.environ, CONTAINERS_CONF=os.path.join(PROJECT, "containers.conf"))
-    subprocess.run(["podman", "restart", NAME], check=True, env=env, capture_output=True)
+    subprocess.run(["podman", "restart", name], check=True, env=env, capture_output=True)
     deadline = time.time() + 90
     while True:
-        h = testinfra.get_host(f"podman://{NAME}")
+        h = testinfra.get_host(f"podman://{name}")
         # Only ask pm2 once the unit is up: `pm2 jlist` would spawn a daemon of its own.
         active = h.run("systemctl is-active pm2-aiadmin").stdout.strip() == "active"
         if active and jlist(h)["hello-http"]["pm2_env"]["status"] == "online":
@@ -60,10 +70,10 @@ def test_back_online_after_container_restart():
     assert h.check_output("curl -s --retry 5 --retry-connrefused http://127.0.0.1:3999/") == "hello from pm2"
 
 
-def test_pm2_info_module_through_ansible():
+def test_pm2_info_module_through_ansible(host, name):
     env = dict(os.environ, CONTAINERS_CONF=os.path.join(PROJECT, "containers.conf"),
                ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"))
-    base = ["ansible", "all", "-i", f"{NAME},", "-c", "containers.podman.podman",
+    base = ["ansible", "all", "-i", f"{name},", "-c", "containers.podman.podman",
             "-M", os.path.join(PROJECT, "plugins", "modules"), "-m", "pm2_info", "-o"]
     ok = subprocess.run([*base, "-a", "pm2_home=/home/aiadmin/.pm2 expected=hello-http"],
                         env=env, capture_output=True, text=True, check=False)
