@@ -1,5 +1,6 @@
 """nodejs role, asserted from outside (testinfra, podman backend)."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -67,7 +68,8 @@ def test_nodesource_package_is_the_standin():
     assert version.startswith("20.")
     assert ns.check_output("node --version") == f"v{version}"
     assert ns.check_output("command -v node") == "/usr/bin/node"
-    assert ns.check_output("dpkg-query -W -f='${Version}' nodejs") == f"{version}-1nodesource1"
+    # side_effect.yml published <ver>-2nodesource1 and upgraded to it with nodejs_upgrade.
+    assert ns.check_output("dpkg-query -W -f='${Version}' nodejs") == f"{version}-2nodesource1"
     assert ns.check_output("dpkg-query -S /usr/bin/node") == "nodejs: /usr/bin/node"
     for tool in ("npm", "npx"):
         assert ns.check_output(f"readlink /usr/bin/{tool}") == f"../lib/node_modules/npm/bin/{tool}-cli.js"
@@ -82,16 +84,24 @@ def test_nodesource_package_is_the_standin():
 
 def test_nodesource_apt_policy_prefers_the_standin_over_debian():
     installed, candidate, table = apt_policy(ns, "nodejs")
-    wanted = f"{ns_standin_version()}-1nodesource1"
+    wanted = f"{ns_standin_version()}-2nodesource1"
     assert installed == candidate == wanted
-    priority, sources = table[wanted]
-    assert priority == 600  # the role's pin (Pin: version 20.*, Pin-Priority: 600)
-    assert f"{NS_REPO} nodistro/main amd64 Packages" in sources, sources
+    for version in (wanted, f"{ns_standin_version()}-1nodesource1"):
+        priority, sources = table[version]
+        assert priority == 600  # the role's pin (Pin: version 20.*, Pin-Priority: 600)
+        assert f"{NS_REPO} nodistro/main amd64 Packages" in sources, sources
     # Debian 12's own nodejs (18.x) is in the table, not pinned, and not the one installed.
     debian = {v: p for v, (p, srcs) in table.items() if v.startswith("18.") and any("bookworm" in s for s in srcs)}
     assert debian, f"Debian's nodejs 18.x not in the version table: {table}"
     assert all(p < 600 for p in debian.values())
     assert not installed.startswith("18.")
+
+
+def test_nodesource_upgrade_only_with_the_switch():
+    seen = json.loads((Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "nodesource-upgrade.json").read_text())
+    version = ns_standin_version()
+    # A newer package in the repository: kept without nodejs_upgrade, taken with it.
+    assert seen == {"kept": f"{version}-1nodesource1", "upgraded": f"{version}-2nodesource1"}
 
 
 def test_nodesource_apt_configuration():
