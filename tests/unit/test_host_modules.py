@@ -1,4 +1,4 @@
-"""deb_missing and private_network's addresses_in_cidr, run by Ansible against this machine's
+"""deb_missing and private_network's addresses_in_cidr and tcp_probe, run by Ansible against this machine's
 real dpkg database and real interfaces (a network namespace the test creates)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 
@@ -84,3 +85,34 @@ def test_addresses_in_cidr_reports_what_it_saw_when_nothing_matches(dummy_netns)
 def test_addresses_in_cidr_rejects_a_bad_cidr():
     res = module("addresses_in_cidr", {"cidr": "10.213.300.0/24"})
     assert res.get("failed") and res["msg"].startswith("cidr:"), res
+
+
+def test_tcp_probe_connects_to_a_listener():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        res = module("tcp_probe", {"address": "127.0.0.1", "port": server.getsockname()[1]})
+    assert res["connected"] is True and res["error"] == "" and res["changed"] is False, res
+    assert 0 < res["ms"] < 5000, res
+
+
+def test_tcp_probe_tells_a_refused_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: the kernel answers with a reset
+        res = module("tcp_probe", {"address": "127.0.0.1", "port": port, "timeout": 5})
+    assert res["connected"] is False and not res.get("failed"), res
+    assert res["error"] == f"127.0.0.1 port {port}: Connection refused", res
+    assert res["ms"] < 5000, res
+
+
+@pytest.mark.netns
+def test_tcp_probe_tells_a_timeout(dummy_netns):
+    # 10.213.99.7 is on priv0's network in the namespace, and nobody is there to answer.
+    res = module("tcp_probe", {"address": "10.213.99.7", "port": 5432, "timeout": 1}, netns=dummy_netns)
+    assert res["connected"] is False, res
+    assert res["error"].startswith("10.213.99.7 port 5432: timed out after 1.0s"), res
+    assert res["ms"] >= 1000, res
+
+
+def test_tcp_probe_refuses_a_name():
+    res = module("tcp_probe", {"address": "db.example.invalid", "port": 5432})
+    assert res.get("failed") and "not a numeric IP address" in res["msg"], res

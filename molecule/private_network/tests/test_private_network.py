@@ -31,6 +31,7 @@ def test_report_names_the_private_interface_address_route_and_rtt(instance):
     assert report['address'] in [a['local'] for a in addrs]
     assert f"dev {route['dev']}" in report['route']
     assert re.match(r'^[0-9.]+/[0-9.]+/[0-9.]+ ms', report['rtt_ms']), report['rtt_ms']
+    assert 0 < float(report['tcp_ms']) < 5000, report['tcp_ms']  # measured connect time, not the timeout
     assert report['query'].startswith('now()=')
 
 

@@ -13,8 +13,9 @@ EPHEMERAL = pathlib.Path(os.environ['MOLECULE_EPHEMERAL_DIRECTORY'])
 FAULTS = {
     'route': ('route', r'no route to 10\.213\.20\.10 via eth\d+ \(route goes via eth\d+\)'),
     'ping': ('ping', r'no ping reply from 10\.213\.20\.10 via eth\d+ \(3 packets transmitted, 0 received'),
-    'tcp-refused': ('tcp', r'TCP connection to 10\.213\.20\.10:5439 refused or timed out'),
-    'tcp-timeout': ('tcp', r'TCP connection to 10\.213\.20\.10:5432 refused or timed out after 3 s'),
+    # A refused port is told apart from one that does not answer.
+    'tcp-refused': ('tcp', r'no TCP connection to 10\.213\.20\.10:5439 \(\S+ port 5439: Connection refused\)'),
+    'tcp-timeout': ('tcp', r'no TCP connection to 10\.213\.20\.10:5432 \(\S+ port 5432: timed out after 3\.0s'),
     'query': ('query', r"failed at stage 'auth'.*lab_no_such_role"),
 }
 
