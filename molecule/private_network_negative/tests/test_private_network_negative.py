@@ -25,7 +25,7 @@ def no_later_play(text):
 
 
 def test_one_clear_message_naming_the_step():
-    text = (EPHEMERAL / 'provision-output.txt').read_text()
+    text = (EPHEMERAL / 'fault-interface.txt').read_text()
     assert re.search(r'^rc: [1-9]', text, re.M)
     messages = re.findall(r"private_network NO-GO at step '(\w+)'", text)
     assert messages and set(messages) == {'interface'}
