@@ -3,9 +3,18 @@
 //   node src/main.js --role <pm2 name>
 // Every role holds a PostgreSQL pool of POSTGRES_MAX_CONNECTIONS (opened eagerly, min = max,
 // application_name = role) and a Redis connection. Roles with extra behaviour:
-//   ai-admin-api              HTTP API: /health, /health/database, /health/whatsapp
-//   baileys-whatsapp-service  holds the WhatsApp session lock (pg advisory lock) while it runs
+//   ai-admin-api              HTTP API: /health, /health/database, /health/whatsapp, and
+//                             POST /webhook (one row in `messages`, acknowledged after COMMIT)
+//   baileys-whatsapp-service  holds the WhatsApp session lock (pg advisory lock) while it runs and,
+//                             only while it holds it, upserts its auth keys in `whatsapp_keys`
+//                             every AIADMIN_KEYS_INTERVAL_MS (5000) and touches whatsapp_auth
+//   ai-admin-worker-v2        every AIADMIN_WORKER_INTERVAL_MS (2000) folds the new `messages`
+//                             into `dialog_contexts` (plus the generic heartbeat)
 // Any other name is a generic worker (periodic database and Redis heartbeat).
+// Periodic writes never overlap themselves, log each distinct error once and retry next tick.
+// Stopping (SIGTERM/SIGINT): the API refuses new connections, closes idle keep-alive ones,
+// answers in-flight requests with `connection: close`, then waits for in-flight writes (at most
+// AIADMIN_SHUTDOWN_TIMEOUT_MS, 10000) before it closes the pools.
 // Test fixture: AIADMIN_DEMO_CRASH_ON_START=1 makes every role throw at start.
 const fs = require('node:fs');
 const http = require('node:http');
@@ -14,6 +23,8 @@ const path = require('node:path');
 const { Pool, Client } = require('pg');
 const { createClient } = require('redis');
 const { loadEnvFile } = require('./env');
+const { HttpError, readBody, parseWebhook, MAX_BODY_BYTES } = require('./webhook');
+const { writeKeys, insertMessage, maxMessageId, processMessages } = require('./writes');
 
 const LOCK_CLASS = 0x41494144; // 'AIAD': first key of the two-int advisory lock
 const RELEASE = path.basename(path.resolve(__dirname, '..'));
@@ -78,6 +89,8 @@ class App {
     this.cfg = cfg;
     this.timers = [];
     this.closing = false;
+    this.inflight = new Set(); // periodic writes under way (awaited when stopping)
+    this.errors = new Map(); // task name -> last error message (each distinct error logged once)
     this.log = (msg) => console.log(`${new Date().toISOString()} [${role}] ${msg}`);
     this.warn = (msg) => console.error(`${new Date().toISOString()} [${role}] ${msg}`);
     this.db = dbSettings(cfg, role);
@@ -115,6 +128,40 @@ class App {
   every(ms, fn) {
     const t = setInterval(() => fn().catch((err) => this.warn(err.message)), ms);
     this.timers.push(t);
+  }
+
+  // Like the Redis error logging: a task's error is logged when it differs from the last one,
+  // and the recovery once.
+  failed(name, err) {
+    if (this.errors.get(name) !== err.message) this.warn(`${name}: ${err.message}`);
+    this.errors.set(name, err.message);
+  }
+
+  succeeded(name) {
+    if (!this.errors.has(name)) return;
+    this.errors.delete(name);
+    this.log(`${name}: ok again`);
+  }
+
+  // A periodic write every `ms`: never two runs at once (a slow run skips ticks), never after
+  // stop() began; errors are logged (see failed) and the next tick tries again. Returns the run
+  // function, so that the caller can run it once right away.
+  task(name, ms, fn) {
+    let running = false;
+    const run = async () => {
+      if (running || this.closing) return;
+      running = true;
+      const p = fn()
+        .then(() => this.succeeded(name), (err) => this.failed(name, err))
+        .finally(() => {
+          running = false;
+          this.inflight.delete(p);
+        });
+      this.inflight.add(p);
+      await p;
+    };
+    this.timers.push(setInterval(run, ms));
+    return run;
   }
 
   // Keep the pool at its size: check out every slot at once, then give them back.
@@ -170,6 +217,7 @@ class App {
     await this.fillPool().catch((err) => this.warn(err.message));
     this.every(5000, () => this.fillPool());
     if (this.role === 'baileys-whatsapp-service') await this.startWhatsapp();
+    if (this.role === 'ai-admin-worker-v2') await this.startWorker();
     if (this.role === 'ai-admin-api') await this.startApi();
     else this.every(int(this.cfg.AIADMIN_HEARTBEAT_MS, 15000), () => this.heartbeat());
     this.log('ready');
@@ -210,13 +258,49 @@ class App {
       process.exit(4);
     });
     this.log(`WhatsApp session lock acquired for company ${this.companyId} (advisory lock ${LOCK_CLASS},${this.lockKey})`);
+    // The keys are written on the lock's own connection, in a transaction that first checks
+    // that this session holds the lock: no lock, no keys. First write right away.
+    this.keysTick = 0;
+    const run = this.task('whatsapp keys', int(this.cfg.AIADMIN_KEYS_INTERVAL_MS, 5000), () =>
+      writeKeys(this.lockClient, {
+        companyId: this.companyId,
+        lockClass: LOCK_CLASS,
+        lockKey: this.lockKey,
+        tick: this.keysTick++,
+      }),
+    );
+    await run();
+  }
+
+  // ai-admin-worker-v2: the high-water mark starts at the company's newest message when the
+  // worker starts (older messages are not its business); each tick processes what came after it,
+  // one transaction per batch of AIADMIN_WORKER_BATCH (500), until nothing new is left.
+  // The mark only moves after a batch committed. Known limit of the stand-in: a message whose
+  // INSERT commits after a higher id was already processed is skipped (ids are not commit order).
+  async startWorker() {
+    const limit = Math.max(1, int(this.cfg.AIADMIN_WORKER_BATCH, 500));
+    this.lastMessageId = null;
+    const run = this.task('worker', int(this.cfg.AIADMIN_WORKER_INTERVAL_MS, 2000), async () => {
+      if (this.lastMessageId === null) {
+        this.lastMessageId = await maxMessageId(this.pool, this.companyId);
+        this.log(`worker: processing messages after id ${this.lastMessageId} for company ${this.companyId}`);
+        return;
+      }
+      for (;;) {
+        const done = await processMessages(this.pool, { companyId: this.companyId, afterId: this.lastMessageId, limit });
+        this.lastMessageId = done.lastId;
+        if (done.messages) this.log(`worker: ${done.messages} message(s), ${done.phones} dialog(s), up to id ${done.lastId}`);
+        if (done.messages < limit || this.closing) return;
+      }
+    });
+    await run();
   }
 
   async startApi() {
     const port = int(this.cfg.AIADMIN_API_PORT || this.cfg.PORT, 3000);
     const host = this.cfg.AIADMIN_API_HOST || '0.0.0.0';
     this.server = http.createServer((req, res) => {
-      this.route(req, res).catch((err) => send(res, 500, { status: 'error', error: err.message }));
+      this.route(req, res).catch((err) => this.send(res, 500, { status: 'error', error: err.message }));
     });
     await new Promise((resolve, reject) => {
       this.server.once('error', reject);
@@ -227,11 +311,41 @@ class App {
 
   async route(req, res) {
     const url = new URL(req.url, 'http://localhost');
-    if (req.method !== 'GET') return send(res, 405, { status: 'error', error: 'method not allowed' });
+    if (url.pathname === '/webhook') {
+      if (req.method === 'POST') return this.webhook(req, res);
+      return this.send(res, 405, { status: 'error', error: 'method not allowed' }, { allow: 'POST' });
+    }
+    if (req.method !== 'GET') return this.send(res, 405, { status: 'error', error: 'method not allowed' });
     if (url.pathname === '/health') return this.health(res);
     if (url.pathname === '/health/database') return this.healthDatabase(res);
     if (url.pathname === '/health/whatsapp') return this.healthWhatsapp(res);
-    return send(res, 404, { status: 'error', error: 'not found' });
+    return this.send(res, 404, { status: 'error', error: 'not found' });
+  }
+
+  // POST /webhook {"id", "phone", "body"} -> one row in messages. Stand-in: the row's `body` is
+  // the webhook's message id, exactly as given (no schema change; a probe finds its write by id
+  // with `WHERE body = <id>`); the text is validated but not stored. 201 only once the INSERT has
+  // committed: an acknowledged write is durable. A database error is 503 and acknowledges nothing
+  // (the row may still exist if the commit outran the error, e.g. a client-side query timeout).
+  async webhook(req, res) {
+    let msg;
+    try {
+      msg = parseWebhook(await readBody(req, MAX_BODY_BYTES));
+    } catch (err) {
+      if (!(err instanceof HttpError)) return req.destroy(); // the client went away mid-body
+      // 413: the rest of the body is not read, so the connection cannot be reused.
+      return this.send(res, err.status, { stored: false, error: err.message }, err.status === 413 ? { connection: 'close' } : {});
+    }
+    let row;
+    try {
+      row = await insertMessage(this.pool, { companyId: this.companyId, phone: msg.phone, body: msg.id });
+    } catch (err) {
+      this.failed('webhook', err);
+      return this.send(res, 503, { stored: false, id: msg.id, error: `database: ${err.message}` });
+    }
+    this.succeeded('webhook');
+    const n = Number(row);
+    return this.send(res, 201, { stored: true, id: msg.id, message_row: Number.isSafeInteger(n) ? n : row });
   }
 
   async health(res) {
@@ -242,7 +356,7 @@ class App {
     const ok = db.ok && redis.ok;
     let status = 'unhealthy';
     if (ok) status = session ? 'healthy' : 'degraded';
-    send(res, ok ? 200 : 503, {
+    this.send(res, ok ? 200 : 503, {
       status,
       timestamp: new Date().toISOString(),
       uptime: Math.round(process.uptime() * 1000) / 1000,
@@ -258,7 +372,7 @@ class App {
 
   async healthDatabase(res) {
     const db = await this.checkDatabase();
-    send(res, db.ok ? 200 : 503, {
+    this.send(res, db.ok ? 200 : 503, {
       status: db.ok ? 'healthy' : 'unhealthy',
       backend: 'postgresql',
       latency: db.ok ? db.latency : null,
@@ -283,10 +397,20 @@ class App {
       let status = 'healthy';
       if (counts.expired_keys > thresholds.critical) status = 'critical';
       else if (counts.expired_keys > thresholds.warning) status = 'warning';
-      send(res, 200, { status, ...counts, thresholds, last_check: lastCheck });
+      this.send(res, 200, { status, ...counts, thresholds, last_check: lastCheck });
     } catch (err) {
-      send(res, 503, { status: 'error', error: err.message, thresholds, last_check: lastCheck });
+      this.send(res, 503, { status: 'error', error: err.message, thresholds, last_check: lastCheck });
     }
+  }
+
+  send(res, code, body, headers = {}) {
+    if (res.headersSent) return res.destroy();
+    const text = JSON.stringify(body);
+    const all = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers };
+    // A stopping process must not keep serving keep-alive sockets: each answer ends its connection.
+    if (this.closing) all.connection = 'close';
+    res.writeHead(code, all);
+    res.end(text);
   }
 
   async stop(signal) {
@@ -294,18 +418,32 @@ class App {
     this.closing = true;
     this.log(`${signal}: stopping`);
     for (const t of this.timers) clearInterval(t);
-    if (this.server) await new Promise((r) => this.server.close(r));
+    const graceMs = int(this.cfg.AIADMIN_SHUTDOWN_TIMEOUT_MS, 10000);
+    if (this.server) {
+      // close(): no new connections; the callback runs once every connection is gone. Idle
+      // keep-alive sockets are closed now, busy ones after their answer (connection: close).
+      const closed = new Promise((r) => this.server.close(r));
+      this.server.closeIdleConnections();
+      const grace = setTimeout(() => {
+        this.warn(`requests still open after ${graceMs} ms: closing their connections`);
+        this.server.closeAllConnections();
+      }, graceMs);
+      await closed;
+      clearTimeout(grace);
+    }
+    if (this.inflight.size) {
+      let timer;
+      const late = new Promise((r) => {
+        timer = setTimeout(r, graceMs);
+      });
+      await Promise.race([Promise.allSettled([...this.inflight]), late]);
+      clearTimeout(timer);
+    }
     if (this.lockClient) await this.lockClient.end().catch(() => {});
     await this.pool.end().catch(() => {});
     if (this.redis.isReady) await this.redis.quit().catch(() => {});
     else if (this.redis.isOpen) await this.redis.disconnect().catch(() => {});
   }
-}
-
-function send(res, code, body) {
-  const text = JSON.stringify(body);
-  res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
 }
 
 async function main() {

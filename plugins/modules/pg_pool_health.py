@@ -18,11 +18,19 @@ description:
     reserved_connections) (C(reserved_connections) exists from PostgreSQL 16 on, 0 before).
     Used slots are the client backends, not counting the gate's own session. Free slots
     are usable minus used.
-  - Planned demand is the sum of C(processes * pool_size) over O(clients) that are not
-    already connected (an old host still running is already counted in used; list it with
-    C(already_connected=true) to document the overlap). Projected use is used plus planned
-    demand; utilization is projected over usable.
-  - No-go when the planned demand exceeds the free slots, when utilization reaches
+  - Each client's demand is C(processes * pool_size). Its contribution (delta) to the
+    projection depends on how it is described. Without O(clients[].address) the demand is
+    added on top of used (a new host), or nothing is added with
+    O(clients[].already_connected=true) (a host whose sessions are in used already, listed
+    to document the overlap). With O(clients[].address) the module counts the sessions that
+    address holds now (in used) and the demand REPLACES them - delta is demand minus those
+    current sessions, so a host that already serves is not counted twice. With
+    O(clients[].after=disconnected) (needs O(clients[].address)) the host's sessions are gone
+    before the new demand arrives - demand 0, delta minus its current sessions (the old host
+    of a migration window, stopped before the new one starts).
+  - Projected use is used plus the sum of the deltas; utilization is projected over usable.
+    Planned demand is the sum of the demands of the counted clients (for the report).
+  - No-go when the projection exceeds the usable slots, when utilization reaches
     O(critical_pct), when more sessions than allowed are idle in transaction for longer
     than O(idle_in_transaction_limit_s), run an active query for longer than
     O(long_running_s) or wait for a lock, or when the role's or the database's connection
@@ -118,10 +126,33 @@ options:
         description: Maximum connections of each process's pool.
         type: int
         required: true
+      address:
+        description:
+          - The client's IP address as the database sees it (C(pg_stat_activity.client_addr),
+            see RV(by_client_addr); behind NAT or a pooler that is not the host's own address).
+          - When given, the sessions from this address now (client backends, the gate's own
+            session excluded) are read in the same query and the planned demand replaces them -
+            delta is C(demand - current_sessions). A wrong address finds no sessions and
+            subtracts nothing (errs towards no-go).
+          - Each address may appear in one entry only (its sessions are replaced once).
+        type: str
+      after:
+        description:
+          - C(connected) (default) - the client's demand is in place after the change.
+          - C(disconnected) - the client's sessions are gone before the new demand arrives
+            (an old host stopped before the new host starts) - its demand is 0 and its current
+            sessions are subtracted. Needs O(clients[].address); O(clients[].processes) and
+            O(clients[].pool_size) are then only reported.
+        type: str
+        default: connected
+        choices: [connected, disconnected]
       already_connected:
         description:
-          - True when this host's connections already exist (they are in used); its
-            demand is then reported but not added again.
+          - For a client without O(clients[].address) - true when this host's connections
+            already exist (they are in used); its demand is then reported but not added
+            again (delta 0).
+          - Not allowed together with O(clients[].address), which already counts the
+            current sessions (and replaces them with the demand).
         type: bool
         default: false
   warn_pct:
@@ -156,6 +187,14 @@ options:
     default: 0
 notes:
   - One connection and one query; the gate's own session is excluded from every count.
+  - The role and database connection limits are checked against their current sessions
+    plus the sum of the deltas. This is an approximation when addresses are given - the
+    sessions from a client address are assumed to be the checked role's and database's.
+    Sessions of other roles or databases from that address make the limit projections too
+    low.
+  - Without C(pg_read_all_stats) the client address of other roles' sessions is hidden -
+    they are listed under C((not visible)) in RV(by_client_addr) and are not part of any
+    client's current sessions (less is subtracted, erring towards no-go).
 requirements:
   - python >= 3.10
   - psycopg >= 3.1 or psycopg2 >= 2.8
@@ -164,6 +203,39 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: The window - old disconnects, new connects (does it fit after the cutover?)
+  pg_pool_health:
+    host: 10.213.20.10
+    database: ai_admin
+    user: ai_admin
+    password: "{{ vault_aiadmin_db_password }}"
+    ssl_rootcert: /root/.cloud-certs/root.crt
+    clients:
+      - host: lab-old
+        address: 10.213.20.20      # its sessions now are subtracted
+        processes: 7
+        pool_size: 3
+        after: disconnected
+      - host: lab-new
+        address: 10.213.20.30      # no sessions yet: delta is the full demand
+        processes: 7
+        pool_size: 3
+  no_log: true
+
+- name: A serving system - the host's own sessions counted inside its demand
+  pg_pool_health:
+    host: 10.213.20.10
+    database: ai_admin
+    user: ai_admin
+    password: "{{ vault_aiadmin_db_password }}"
+    ssl_rootcert: /root/.cloud-certs/root.crt
+    clients:
+      - host: lab-new
+        address: 10.213.20.30      # e.g. 22 sessions now -> 21 planned: delta -1
+        processes: 7
+        pool_size: 3
+  no_log: true
+
 - name: Will 7 PM2 processes x pool 3 on the new host fit, while the old host still runs?
   pg_pool_health:
     host: 10.213.20.10
@@ -205,7 +277,8 @@ reasons:
   returned: always
   type: list
   elements: str
-  sample: ["thresholds: planned demand 21 exceeds the 12 free slots (usable 17, used 5)"]
+  sample: ["thresholds: projected 26 exceeds the 17 usable slots: planned demand 21 exceeds the 12 free
+            slots (used 5; new: 21 planned)"]
 gate_warnings:
   description: Observations that do not make the gate no-go (for example utilization at warn level).
   returned: always
@@ -227,7 +300,7 @@ summary:
   description: One line with the verdict and the key numbers, for reports and playbook output.
   returned: always
   type: str
-  sample: "GO pool level ok | usable 27, used 4, free 23 | planned 21 -> projected 25 of 27 (92.6 %) | ..."
+  sample: "GO pool level ok | usable 27, used 22, free 5 | planned 21 (net -1) -> projected 21 of 27 (77.8 %) | ..."
 level:
   description: C(ok), C(warn) or C(critical) for the projected utilization; null when not measured.
   returned: always
@@ -264,12 +337,16 @@ free:
   type: int
   sample: 23
 planned_demand:
-  description: Sum of processes x pool_size over clients not already connected.
+  description:
+    - Sum of the demands (processes x pool_size) of the counted clients (not already
+      connected; 0 for C(after=disconnected)).
   returned: always
   type: int
   sample: 21
 projected:
-  description: Used plus planned demand.
+  description:
+    - Used plus the sum of the clients' deltas (each C(demand - current_sessions) with an
+      address, the demand without one, 0 when already connected).
   returned: always
   type: int
   sample: 25
@@ -284,11 +361,27 @@ utilization_pct:
   type: float
   sample: 92.6
 clients:
-  description: The clients with their demand and whether it was added.
+  description:
+    - The clients as planned - C(host), C(processes), C(pool_size), C(already_connected),
+      C(address) (null without), C(after), C(current_sessions) (sessions from the address
+      now; null without address), C(demand) (processes x pool_size, 0 when disconnected),
+      C(delta) (what the client adds to the projection; negative when it frees slots) and
+      C(counted) (false when already connected - nothing is added).
   returned: always
   type: list
   elements: dict
-  sample: [{host: new, processes: 7, pool_size: 3, already_connected: false, demand: 21, counted: true}]
+  sample: [{host: lab-old, processes: 7, pool_size: 3, already_connected: false, address: 10.213.20.20,
+            after: disconnected, current_sessions: 21, demand: 0, delta: -21, counted: true},
+           {host: lab-new, processes: 7, pool_size: 3, already_connected: false, address: 10.213.20.30,
+            after: connected, current_sessions: 0, demand: 21, delta: 21, counted: true}]
+by_client_addr:
+  description:
+    - Client backends per client address (C(pg_stat_activity.client_addr)); Unix socket
+      sessions under C(local), sessions whose address this role may not see under
+      C((not visible)).
+  returned: always
+  type: dict
+  sample: {10.213.20.20: 21, local: 1}
 by_application:
   description: Client backends per C(application_name) ("(none)" when empty).
   returned: always
@@ -347,7 +440,8 @@ hidden_sessions:
 role_limit:
   description:
     - The role's connection limit (C(limit) -1 = unlimited), its current sessions, the
-      planned demand and the projection; C(enforced) is false for superusers and unlimited roles.
+      planned change (C(planned), the sum of the clients' deltas) and the projection;
+      C(enforced) is false for superusers and unlimited roles.
   returned: always
   type: dict
   sample: {role: ai_admin, exists: true, superuser: false, limit: -1, current: 4, planned: 21, projected: 25,
@@ -379,6 +473,8 @@ driver:
   sample: {name: psycopg, version: 3.1.7}
 """
 
+import ipaddress
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pg_gate import (
     Gate,
@@ -390,6 +486,7 @@ from ansible.module_utils.pg_gate import (
     fail_params,
     finish,
     fmt_num,
+    is_ip_address,
     try_load_driver,
     validate_common,
     verdict_prefix,
@@ -416,6 +513,11 @@ act AS (
         a.datname::text AS datname,
         coalesce(nullif(a.application_name, ''), '(none)') AS app,
         coalesce(a.state, '(not visible)') AS state,
+        a.client_addr AS client_inet,
+        CASE WHEN a.client_addr IS NOT NULL THEN host(a.client_addr)
+             WHEN a.client_port = -1 THEN 'local'  -- Unix socket
+             ELSE '(not visible)'                  -- hidden by privileges
+        END AS client_addr,
         a.wait_event_type,
         extract(epoch FROM now() - a.state_change)::float8 AS state_s,
         extract(epoch FROM now() - a.query_start)::float8 AS query_s,
@@ -453,6 +555,14 @@ SELECT
        FROM (SELECT usename, count(*) AS n FROM act GROUP BY usename) AS t) AS by_user,
     (SELECT coalesce(json_object_agg(state, n), '{}'::json)
        FROM (SELECT state, count(*) AS n FROM act GROUP BY state) AS t) AS by_state,
+    (SELECT coalesce(json_object_agg(client_addr, n), '{}'::json)
+       FROM (SELECT client_addr, count(*) AS n FROM act GROUP BY client_addr) AS t) AS by_client_addr,
+    -- Current sessions from each clients[].address, keyed by the address text as given.
+    (SELECT coalesce(json_object_agg(t.address, t.n), '{}'::json)
+       FROM (SELECT x.address, count(act.pid)::int AS n
+               FROM unnest(%(addresses)s::text[]) AS x(address)
+               LEFT JOIN act ON act.client_inet = x.address::inet
+              GROUP BY x.address) AS t) AS address_sessions,
     (SELECT json_build_object('limit', r.rolconnlimit, 'superuser', r.rolsuper)
        FROM pg_catalog.pg_roles AS r WHERE r.rolname = %(role)s::text) AS role_info,
     (SELECT json_build_object('limit', d.datconnlimit, 'allow_connections', d.datallowconn)
@@ -473,7 +583,7 @@ NUMBER_KEYS = (
 def skeleton():
     out = dict.fromkeys(NUMBER_KEYS)
     out.update(
-        level=None, clients=[], by_application={}, by_user={}, by_state={},
+        level=None, clients=[], by_application={}, by_user={}, by_state={}, by_client_addr={},
         role_limit=None, database_limit=None, server_version=None, thresholds={}, driver=None,
     )
     return out
@@ -492,11 +602,13 @@ def summarize(res):
     head = verdict_prefix(res, 'pool')
     if res['usable'] is None:
         return ' | '.join([head, '; '.join(res['reasons'])])
+    net = res['projected'] - res['used']
     parts = [
         head + ' level %s' % res['level'],
         'usable %d, used %d, free %d' % (res['usable'], res['used'], res['free']),
-        'planned %d -> projected %d of %d (%s)' % (res['planned_demand'], res['projected'], res['usable'],
-                                                    fmt_num(res['utilization_pct'], ' %')),
+        'planned %d%s -> projected %d of %d (%s)' % (
+            res['planned_demand'], ' (net %+d)' % net if net != res['planned_demand'] else '', res['projected'],
+            res['usable'], fmt_num(res['utilization_pct'], ' %')),
         'idle in tx %d (%d over %ss), long-running %d, lock waiters %d' % (
             res['idle_in_transaction'], res['idle_in_transaction_over_limit'],
             res['thresholds']['idle_in_transaction_limit_s'], res['long_running'], res['lock_waiters']),
@@ -522,6 +634,7 @@ def validate(params):
         check_range(errors, params, name, 0, 864000, allow_none=False)
     for name in ('max_idle_in_transaction', 'max_long_running', 'max_lock_waiters'):
         check_range(errors, params, name, 0, 100000, allow_none=False)
+    seen = {}
     for index, client in enumerate(params['clients'] or []):
         label = 'clients[%d] (%s)' % (index, client.get('host'))
         if not client.get('host'):
@@ -530,21 +643,75 @@ def validate(params):
             value = client.get(key)
             if value is None or not 0 <= value <= 100000:
                 errors.append('%s.%s must be between 0 and 100000, got %r' % (label, key, value))
+        address = client.get('address')
+        if address is None:
+            if client.get('after') == 'disconnected':
+                errors.append('%s: after=disconnected needs address (the IP the database sees, '
+                              'pg_stat_activity.client_addr): without it there are no current sessions to '
+                              'subtract; a host still connected belongs in already_connected=true instead' % label)
+            continue
+        if not is_ip_address(address):
+            errors.append('%s.address must be a numeric IPv4/IPv6 address as pg_stat_activity.client_addr '
+                          'shows it, got %r' % (label, address))
+            continue
+        if client.get('already_connected'):
+            errors.append('%s: already_connected=true and address are ambiguous together: with address the '
+                          'current sessions from %s are already counted (in used) and the demand replaces '
+                          'them; drop already_connected' % (label, address))
+        key = ipaddress.ip_address(address)
+        if key in seen:
+            errors.append('%s.address %s is also the address of %s: the sessions from one address can be '
+                          'replaced only once, merge the entries' % (label, address, seen[key]))
+        else:
+            seen[key] = label
     return errors
 
 
-def plan(clients):
-    out, demand = [], 0
+def addresses_of(clients):
+    """The clients' addresses as given (bound as a text[] and cast to inet by the server)."""
+    return [c['address'] for c in clients or [] if c.get('address') is not None]
+
+
+def plan(clients, address_sessions):
+    """Per client: demand, current sessions (with address) and delta to the projection.
+
+    Returns (clients report, planned demand, sum of deltas). validate() has refused
+    after=disconnected without address and already_connected together with address.
+    """
+    out, demand, net = [], 0, 0
     for client in clients or []:
-        need = client['processes'] * client['pool_size']
+        address = client.get('address')
+        after = client.get('after') or 'connected'
+        current = None if address is None else int(address_sessions.get(address, 0))
+        need = 0 if after == 'disconnected' else client['processes'] * client['pool_size']
         counted = not client['already_connected']
+        delta = (need - (current or 0)) if counted else 0
         if counted:
             demand += need
+            net += delta
         out.append({
             'host': client['host'], 'processes': client['processes'], 'pool_size': client['pool_size'],
-            'already_connected': client['already_connected'], 'demand': need, 'counted': counted,
+            'already_connected': client['already_connected'], 'address': address, 'after': after,
+            'current_sessions': current, 'demand': need, 'delta': delta, 'counted': counted,
         })
-    return out, demand
+    return out, demand, net
+
+
+def client_text(client):
+    """'lab-new 10.213.20.30: 22 now -> 21 planned' for the no-go message."""
+    name = client['host'] if client['address'] is None else '%s %s' % (client['host'], client['address'])
+    if not client['counted']:
+        return '%s: already connected, %d not added' % (name, client['demand'])
+    if client['after'] == 'disconnected':
+        return '%s: %d now -> disconnected' % (name, client['current_sessions'])
+    if client['address'] is None:
+        return '%s: %d planned' % (name, client['demand'])
+    return '%s: %d now -> %d planned' % (name, client['current_sessions'], client['demand'])
+
+
+def change_text(current, planned):
+    """'4 current + 3 planned = 7' (planned may be negative: sessions replaced or gone)."""
+    return '%d current %s %d planned = %d' % (current, '-' if planned < 0 else '+', abs(planned), current + planned)
 
 
 def limit_report(kind, name, info, current, planned):
@@ -567,8 +734,8 @@ def evaluate(gate, params, row, out):
     usable = row['max_connections'] - row['superuser_reserved'] - row['reserved']
     used = row['used']
     free = usable - used
-    clients, planned = plan(params['clients'])
-    projected = used + planned
+    clients, planned, net = plan(params['clients'], row['address_sessions'] or {})
+    projected = used + net
     utilization = round(projected * 100.0 / usable, 1) if usable > 0 else 100.0
     out.update(
         max_connections=row['max_connections'],
@@ -577,7 +744,7 @@ def evaluate(gate, params, row, out):
         usable=usable, used=used, free=free, planned_demand=planned, projected=projected,
         headroom=usable - projected, utilization_pct=utilization, clients=clients,
         by_application=row['by_application'] or {}, by_user=row['by_user'] or {},
-        by_state=row['by_state'] or {},
+        by_state=row['by_state'] or {}, by_client_addr=row['by_client_addr'] or {},
         idle_in_transaction=row['idle_tx'], idle_in_transaction_over_limit=row['idle_tx_over'],
         oldest_idle_in_transaction_s=round(row['idle_tx_oldest_s'] or 0.0, 3),
         long_running=row['long_running'], longest_active_s=round(row['longest_active_s'] or 0.0, 3),
@@ -588,10 +755,16 @@ def evaluate(gate, params, row, out):
     stage = 'thresholds'
     warn, critical = params['warn_pct'], params['critical_pct']
     level = 'ok'
-    if planned > free:
+    if projected > usable:
         level = 'critical'
-        gate.fail(stage, 'planned demand %d exceeds the %d free slots (usable %d, used %d)'
-                  % (planned, free, usable, used))
+        replaced = planned - net
+        if replaced:
+            what = 'net demand %d (planned %d minus the %d current sessions from the client addresses)' % (
+                net, planned, replaced)
+        else:
+            what = 'planned demand %d' % planned
+        gate.fail(stage, 'projected %d exceeds the %d usable slots: %s exceeds the %d free slots (used %d; %s)'
+                  % (projected, usable, what, free, used, ', '.join(client_text(c) for c in clients)))
     if utilization >= critical:
         level = 'critical'
         gate.fail(stage, 'projected utilization %.1f%% (%d of %d usable slots) reaches critical_pct %s%%'
@@ -616,25 +789,32 @@ def evaluate(gate, params, row, out):
                   % (row['lock_waiters'], params['max_lock_waiters']))
 
     role = params['role'] or params['user']
-    role_limit = limit_report('role', role, row['role_info'], row['role_current'], planned)
+    # Approximation (see notes): the sessions from a client address are taken to be the
+    # role's and the database's, so their deltas apply to both limits as they are.
+    note = ' (planned is net of the sessions from the client addresses)' if planned != net else ''
+    role_limit = limit_report('role', role, row['role_info'], row['role_current'], net)
     out['role_limit'] = role_limit
     if not role_limit['exists']:
         gate.fail(stage, 'role %s does not exist' % role)
     elif not role_limit['ok']:
-        gate.fail(stage, 'role %s connection limit %d would be exceeded: %d current + %d planned = %d'
-                  % (role, role_limit['limit'], role_limit['current'], planned, role_limit['projected']))
+        gate.fail(stage, 'role %s connection limit %d would be exceeded: %s%s'
+                  % (role, role_limit['limit'], change_text(role_limit['current'], net), note))
     database = params['database']
-    db_limit = limit_report('database', database, row['database_info'], row['database_current'], planned)
+    db_limit = limit_report('database', database, row['database_info'], row['database_current'], net)
     out['database_limit'] = db_limit
     if db_limit['exists'] and not db_limit['ok']:
-        gate.fail(stage, 'database %s connection limit %d would be exceeded: %d current + %d planned = %d'
-                  % (database, db_limit['limit'], db_limit['current'], planned, db_limit['projected']))
+        gate.fail(stage, 'database %s connection limit %d would be exceeded: %s%s'
+                  % (database, db_limit['limit'], change_text(db_limit['current'], net), note))
     if db_limit['exists'] and not db_limit.get('allow_connections', True):
         gate.fail(stage, 'database %s does not allow connections (datallowconn false)' % database)
     if row['hidden_sessions']:
         gate.warn('%d sessions of other roles are not visible in detail to %s (no pg_read_all_stats or '
                   'pg_monitor): counted as client backends, their state, lock waits and query age are '
                   'unknown' % (row['hidden_sessions'], params['user']))
+    for client in clients:
+        if client['after'] == 'disconnected' and not client['current_sessions']:
+            gate.warn('%s (after=disconnected) has no client sessions from %s now: nothing subtracted; is '
+                      'that the address the database sees (by_client_addr)?' % (client['host'], client['address']))
 
 
 def argument_spec():
@@ -647,6 +827,8 @@ def argument_spec():
                 host=dict(type='str', required=True),
                 processes=dict(type='int', required=True),
                 pool_size=dict(type='int', required=True),
+                address=dict(type='str'),
+                after=dict(type='str', default='connected', choices=['connected', 'disconnected']),
                 already_connected=dict(type='bool', default=False),
             ),
         ),
@@ -693,6 +875,7 @@ def main():
                 'long_s': float(params['long_running_s']),
                 'role': params['role'] or params['user'],
                 'database': params['database'],
+                'addresses': addresses_of(params['clients']),
             })
             names = [col[0] for col in cur.description]
             row = dict(zip(names, cur.fetchone(), strict=True))

@@ -5,18 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import threading
+import time
+import uuid
 from pathlib import Path
 
-from aiadmin_ops import lab
+from aiadmin_ops import lab, state
+from aiadmin_ops.runner import InventoryError  # the runner imports ansible_runner only when it runs
 
-ROOT = Path(__file__).resolve().parents[2]
-LEDGER_DIR = ROOT / ".artifacts" / "ledger"
-INVENTORIES = {"lab": "inventories/lab/hosts.yml", "production": "inventories/production/hosts.yml"}
+ROOT = state.ROOT
+INVENTORIES = state.INVENTORIES
 LAB_VAULT = f"lab@{ROOT / 'inventories/lab/vault-password.LAB-ONLY.txt'}"
 # The migration's phases, in order (the playbook records finished ones in the ledger).
 MIGRATE_PHASES = ["confirm", "preflight", "backups", "deploy", "cutover", "smoke", "verdict"]
+# Commands whose playbook reads the migration's ledger (passed as migrate_ledger_path).
+READS_MIGRATE_LEDGER = ("rollback", "decommission")
+# Extra variables only the CLI sets.
+RESERVED_EXTRAVARS = ("aiadmin_run", "aiadmin_state_dir")
+LOCK_HELD = "run lock held by"
 
 PLAYBOOKS = {
     "gates": ("playbooks/gates.yml", "read-only go/no-go report (database reachability and pool)", False),
@@ -25,6 +33,8 @@ PLAYBOOKS = {
     "migrate": ("playbooks/migrate.yml", "the migration window old -> new, with automatic rollback", True),
     "rollback": ("playbooks/rollback.yml", "explicit rollback to the old host after a window", True),
     "decommission": ("playbooks/decommission.yml", "disable the app on the old host, archive its .env", True),
+    "unlock": ("playbooks/unlock.yml", "clear the run lock a dead run left on the hosts (--check: show holders)",
+               True),
 }
 
 
@@ -44,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("-i", "--inventory", default="lab",
                        help="'lab' (default), 'production' or a path to an inventory")
-        p.add_argument("--check", action="store_true", help="dry run: gates only, nothing changes")
+        p.add_argument("--check", action="store_true",
+                       help="dry run: shows the lock holders, changes nothing" if name == "unlock"
+                       else "dry run: gates only, nothing changes")
         p.add_argument("--limit", help="limit to these hosts")
         p.add_argument("-e", "--extra", action="append", default=[], metavar="KEY=VALUE",
                        help="extra variable (never a secret: secrets come from the vault)")
@@ -57,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--probe-url", action="append", default=[],
                            help="health URL to poll through the cutover (repeatable; any healthy = up)")
             p.add_argument("--webhook", help="notification URL for start, end and rollback")
+        if name == "unlock":
+            p.add_argument("--force", action="store_true",
+                           help="remove the lock whoever holds it (default: only a holder proven dead)")
     return parser
 
 
@@ -68,6 +83,9 @@ def parse_extra(items: list[str]) -> dict[str, str]:
             raise SystemExit(f"aiadmin-ops: error: -e expects KEY=VALUE, got {item!r}")
         if key.startswith("vault_"):
             raise SystemExit("aiadmin-ops: error: secrets come from the vault, never from the command line")
+        if key in RESERVED_EXTRAVARS:
+            raise SystemExit(f"aiadmin-ops: error: -e {key}: set by aiadmin-ops itself "
+                             f"(the state directory comes from {state.STATE_ENV})")
         # KEY={"a": 1} / KEY=[...]: a structured value (JSON); anything else stays a string.
         if value[:1] in ("{", "["):
             try:
@@ -79,8 +97,18 @@ def parse_extra(items: list[str]) -> dict[str, str]:
     return out
 
 
-def vault_ids(inventory: str) -> list[str]:
+def is_lab(inventory: str) -> bool:
+    """'lab', or any spelling of the lab's inventory path."""
     if inventory == "lab":
+        return True
+    try:
+        return state.canonical_inventory(inventory) == state.canonical_inventory("lab")
+    except OSError:
+        return False
+
+
+def vault_ids(inventory: str) -> list[str]:
+    if is_lab(inventory):
         return [LAB_VAULT]
     pw_file = os.environ.get("AIADMIN_VAULT_PASSWORD_FILE")
     if not pw_file:
@@ -100,8 +128,8 @@ def confirm(command: str, args: argparse.Namespace) -> bool:
 
 
 def ledger_path(command: str, inventory: str) -> Path:
-    tag = Path(inventory).stem if inventory not in INVENTORIES else inventory
-    return LEDGER_DIR / f"{command}-{tag}.json"
+    """<state>/ledger/<command>-<identity of the inventory>.json (however -i spelled it)."""
+    return state.ledger_path(command, inventory)
 
 
 def read_ledger(path: Path) -> dict:
@@ -116,45 +144,87 @@ def remaining_steps(ledger: dict) -> list[str]:
     return [p for p in MIGRATE_PHASES if p not in done]
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from aiadmin_ops import report
-    from aiadmin_ops.runner import run_playbook
+def new_run(command: str, inventory: str) -> dict:
+    """aiadmin_run: who runs what, where; the playbooks write it into the run lock on the hosts."""
+    return {
+        "run_id": uuid.uuid4().hex[:12],
+        "command": command,
+        "controller": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "inventory": state.identity(inventory),
+    }
 
-    playbook, _, needs_confirm = PLAYBOOKS[args.command]
-    inventory = INVENTORIES.get(args.inventory, args.inventory)
+
+def build_extravars(args: argparse.Namespace, run: dict | None = None) -> dict:
+    """Every extra variable of a run (call it after confirm(): it sets <command>_confirmed).
+
+    -e KEY=VALUE, then what the CLI sets (and -e cannot override): aiadmin_run, aiadmin_state_dir,
+    <command>_ledger_path, migrate_ledger_path (rollback, decommission), <command>_confirmed
+    (commands that need confirmation, unless --check), unlock_force, migrate_webhook_url."""
+    command = args.command
+    _, _, needs_confirm = PLAYBOOKS[command]
     extravars: dict = parse_extra(args.extra)
-    if needs_confirm:
-        if not confirm(args.command, args):
-            print("aiadmin-ops: not confirmed; nothing was done", file=sys.stderr)
-            return 3
-        if not args.check:
-            extravars[f"{args.command}_confirmed"] = True
-    ledger = ledger_path(args.command, args.inventory)
-    extravars[f"{args.command}_ledger_path"] = str(ledger)
+    if needs_confirm and not args.check:
+        extravars[f"{command}_confirmed"] = True
+    extravars["aiadmin_state_dir"] = str(state.state_dir())
+    extravars["aiadmin_run"] = run if run is not None else new_run(command, args.inventory)
+    extravars[f"{command}_ledger_path"] = str(ledger_path(command, args.inventory))
+    if command in READS_MIGRATE_LEDGER:
+        extravars["migrate_ledger_path"] = str(ledger_path("migrate", args.inventory))
+    if command == "unlock":
+        extravars["unlock_force"] = bool(getattr(args, "force", False))
     if getattr(args, "webhook", None):
         extravars["migrate_webhook_url"] = args.webhook
+    return extravars
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from aiadmin_ops import report
+    from aiadmin_ops.runner import inventory_probe_urls, run_playbook
+
+    playbook, _, needs_confirm = PLAYBOOKS[args.command]
+    inventory = state.inventory_path(args.inventory)
+    if not inventory.exists():
+        raise SystemExit(f"aiadmin-ops: error: inventory {args.inventory!r} not found ({inventory})")
+    parse_extra(args.extra)  # a bad -e fails before anything is asked
+    vids = vault_ids(args.inventory)
+    if needs_confirm and not confirm(args.command, args):
+        print("aiadmin-ops: not confirmed; nothing was done", file=sys.stderr)
+        return 3
+    run = new_run(args.command, args.inventory)
+    extravars = build_extravars(args, run)
+    ledger = Path(extravars[f"{args.command}_ledger_path"])
 
     probe = None
     if args.command == "migrate" and not args.check:
         from aiadmin_ops.downtime import AnyProbe
 
-        urls = args.probe_url or ["http://10.213.10.20:3000/health", "http://10.213.10.30:3000/health"]
+        # From the inventory (its old and new hosts' public address and API port), never hard-coded.
+        urls = args.probe_url or inventory_probe_urls(str(inventory), vids)
         probe = AnyProbe(urls, interval=0.1)
+        print(f"aiadmin-ops: downtime probe on {', '.join(urls)}", flush=True)
         threading.Thread(target=probe.run, daemon=True).start()
 
-    print(f"aiadmin-ops: {args.command} on {inventory}{' (check mode)' if args.check else ''}", flush=True)
-    result = run_playbook(playbook, inventory, extravars=extravars, check=args.check, limit=args.limit,
-                          vault_ids=vault_ids(args.inventory), timeout=args.timeout)
+    print(f"aiadmin-ops: {args.command} on {inventory} ({run['inventory']}), run {run['run_id']}"
+          f"{' (check mode)' if args.check else ''}", flush=True)
+    result = run_playbook(playbook, str(inventory), extravars=extravars, check=args.check, limit=args.limit,
+                          vault_ids=vids, timeout=args.timeout)
     downtime = None
     if probe is not None:
         probe.stop()
         downtime = probe.summary()
+    for path in {ledger, Path(extravars.get("migrate_ledger_path") or ledger)}:
+        state.tighten(path)
     remaining = remaining_steps(read_ledger(ledger)) if args.command == "migrate" and not result.ok else []
-    data = report.build(result, args.command, downtime=downtime, remaining=remaining)
-    json_path, html_path = report.write(data, args.report_dir or report.REPORTS)
+    data = report.build(result, args.command, downtime=downtime, remaining=remaining, extra={"run": run})
+    json_path, html_path = report.write(data, args.report_dir)
     print(f"verdict: {result.verdict} in {result.ended - result.started:.1f}s")
     for failure in result.failures:
         print(f"  failed: [{failure['phase']}] {failure['task']} on {failure['host']}: {failure['msg']}")
+    if args.command != "unlock" and any(LOCK_HELD in f["msg"] for f in result.failures):
+        print(f"  another run holds the run lock; if that run is dead: aiadmin-ops unlock -i {args.inventory} "
+              "(--check shows the holder first)")
     if downtime and downtime.get("longest_gap_ms") is not None:
         print(f"measured downtime: {downtime['longest_gap_ms']:.0f} ms")
     if remaining:
@@ -175,12 +245,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0 if lab.status(as_json=args.json) else 1
             return 0
         return run_command(args)
-    except lab.LabError as exc:
+    except (lab.LabError, state.StateError, InventoryError) as exc:
         print(f"aiadmin-ops: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("aiadmin-ops: interrupted; the next run repairs or resumes what was left half-done",
-              file=sys.stderr)
+        print("aiadmin-ops: interrupted; the next run repairs or resumes what was left half-done "
+              "(a run lock this run left on the hosts: aiadmin-ops unlock)", file=sys.stderr)
         return 130
 
 

@@ -1,4 +1,7 @@
-"""Run reports: JSON for automation, a self-contained HTML page for people."""
+"""Run reports: JSON for automation, a self-contained HTML page for people.
+
+Written 0600 to ``<state dir>/reports`` (or ``--report-dir``), never into the checkout.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from aiadmin_ops.runner import ROOT, RunResult
-
-REPORTS = ROOT / "reports"
+from aiadmin_ops import state
+from aiadmin_ops.runner import RunResult
 
 
 def _iso(ts: float) -> str:
@@ -116,11 +118,16 @@ p.big {{ font-size: 1.2rem; }} code {{ background: #f4f4f4; padding: 0 .2rem; }}
 """
 
 
-def write(data: dict[str, Any], directory: Path = REPORTS) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
+def write(data: dict[str, Any], directory: Path | None = None) -> tuple[Path, Path]:
+    """Write ``<command>-<time>.{json,html}`` (0600) to ``directory``, default the state's reports/."""
+    if directory is None:
+        directory = state.reports_dir()
+    else:
+        # An operator's own directory: created private, an existing one is left as it is.
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     base = directory / f"{data['command']}-{stamp}"
     json_path, html_path = base.with_suffix(".json"), base.with_suffix(".html")
-    json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    html_path.write_text(render_html(data))
+    state.write_private(json_path, json.dumps(data, indent=2, default=str) + "\n")
+    state.write_private(html_path, render_html(data))
     return json_path, html_path

@@ -7,24 +7,140 @@ before they reach the event stream).
 
 Task names follow ``<phase> | <what>``; the phase is what the progress line and the report
 timeline show.
+
+Artifacts go to ``<state dir>/artifacts/<playbook stem>`` (see ``aiadmin_ops.state``), never
+into the checkout.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / ".artifacts"
+from aiadmin_ops import state
+
+ROOT = state.ROOT
 DEFAULT_TIMEOUT_S = 3 * 3600
 KEEP_ARTIFACTS = 10
+PROBE_GROUPS = ("old", "new")
+DEFAULT_API_PORT = 3000
+
+
+class InventoryError(RuntimeError):
+    """The inventory cannot be read, or lacks what the CLI needs from it."""
+
+
+def ansible_env(envvars: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every Ansible command the CLI runs (playbooks and ansible-inventory)."""
+    env = {
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "CONTAINERS_CONF": str(ROOT / "containers.conf"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
+        **(envvars or {}),
+    }
+    # The venv's ansible-* first, even when the venv is not activated.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return env
+
+
+def _venv_tool(name: str) -> str:
+    tool = Path(sys.executable).parent / name
+    return str(tool) if tool.exists() else (shutil.which(name) or name)
+
+
+def _group_hosts(groups: dict, name: str, seen: set[str] | None = None) -> list[str]:
+    """The hosts of an ``ansible-inventory --list`` group, its children's included, in order."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return []
+    seen.add(name)
+    group = groups.get(name) or {}
+    hosts = list(group.get("hosts") or [])
+    for child in group.get("children") or []:
+        hosts += _group_hosts(groups, child, seen)
+    return hosts
+
+
+def _host_part(host: str, address: Any) -> str:
+    if not isinstance(address, str) or not address.strip():
+        raise InventoryError(f"host {host} has no aiadmin_public_address in the inventory "
+                             "(the downtime probe polls http://<aiadmin_public_address>:<aiadmin_api_port>/health; "
+                             "set it, or give --probe-url)")
+    address = address.strip()
+    if "{{" in address or "{%" in address:
+        raise InventoryError(f"host {host}: aiadmin_public_address {address!r} is a template; the downtime probe "
+                             "needs a literal address (or give --probe-url)")
+    if any(c in address for c in " /?#@"):
+        raise InventoryError(f"host {host}: aiadmin_public_address {address!r} is not an address or a host name")
+    try:
+        if ipaddress.ip_address(address).version == 6:
+            return f"[{address}]"
+    except ValueError:
+        pass
+    return address
+
+
+def _port(host: str, value: Any) -> int:
+    if value is None or value == "":
+        return DEFAULT_API_PORT
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise InventoryError(f"host {host}: aiadmin_api_port {value!r} is not a port number")
+    return port
+
+
+def probe_urls_from_inventory_data(data: dict, groups: Iterable[str] = PROBE_GROUPS) -> list[str]:
+    """``http://<aiadmin_public_address>:<aiadmin_api_port or 3000>/health`` of every host of ``groups``."""
+    hostvars = (data.get("_meta") or {}).get("hostvars") or {}
+    hosts: list[str] = []
+    for group in groups:
+        hosts += [h for h in _group_hosts(data, group) if h not in hosts]
+    if not hosts:
+        raise InventoryError(f"the inventory has no host in the groups {', '.join(groups)} "
+                             "(the downtime probe polls their health URLs; give --probe-url)")
+    urls = []
+    for host in hosts:
+        hv = hostvars.get(host) or {}
+        urls.append(f"http://{_host_part(host, hv.get('aiadmin_public_address'))}:"
+                    f"{_port(host, hv.get('aiadmin_api_port'))}/health")
+    return urls
+
+
+def inventory_probe_urls(inventory: str, vault_ids: list[str] | None = None, *,
+                         groups: Iterable[str] = PROBE_GROUPS, timeout: int = 120) -> list[str]:
+    """The health URLs of the inventory's ``old`` and ``new`` hosts, from ``ansible-inventory --list``.
+
+    That JSON holds the decrypted vault: it is parsed here and never printed or written."""
+    cmd = [_venv_tool("ansible-inventory"), "-i", str(ROOT / inventory), "--list"]
+    for vid in vault_ids or []:
+        cmd += ["--vault-id", vid]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False,
+                              env={**os.environ, **ansible_env()})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InventoryError(f"ansible-inventory on {inventory} failed: {exc}") from None
+    if proc.returncode != 0:
+        raise InventoryError(f"ansible-inventory on {inventory} failed (rc {proc.returncode}): "
+                             f"{proc.stderr.strip()[-800:]}")
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise InventoryError(f"ansible-inventory on {inventory} printed no JSON") from None
+    return probe_urls_from_inventory_data(data, groups)
 
 
 def split_phase(task_name: str) -> tuple[str, str]:
@@ -80,6 +196,9 @@ class RunResult:
         return self.verdict == "succeeded"
 
 
+DEBUG_ACTIONS = ("debug", "ansible.builtin.debug")
+
+
 class Progress:
     """Turns runner events into one readable line per phase/task, retries and failures."""
 
@@ -130,6 +249,11 @@ class Progress:
             self._say(f"     FAILED on {data.get('host', '?')}: {msg}")
         elif kind in ("runner_on_ok", "runner_on_changed") and self.phases:
             self.phases[-1].ended = now
+            # What a debug task says (live state, gate summaries, the verdict) is for the operator.
+            if data.get("task_action") in DEBUG_ACTIONS:
+                msg = (data.get("res") or {}).get("msg")
+                for line in ([msg] if isinstance(msg, str) else msg if isinstance(msg, list) else []):
+                    self._say(f"     {str(line).strip()[:600]}")
         elif kind == "playbook_on_stats":
             if self.phases:
                 self.phases[-1].ended = now
@@ -168,18 +292,9 @@ def run_playbook(
         cmdline += ["--vault-id", vid]
     if check:
         cmdline.append("--check")
-    ARTIFACTS.mkdir(exist_ok=True)
-    artifact_root = ARTIFACTS / Path(playbook).stem
+    artifact_root = state.private_dir(state.artifacts_dir() / Path(playbook).stem)
     private = Path(tempfile.mkdtemp(prefix="aiadmin-runner-"))
-    env = {
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_FORCE_COLOR": "0",
-        "CONTAINERS_CONF": str(ROOT / "containers.conf"),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-        **(envvars or {}),
-    }
-    # The venv's ansible-playbook first, even when the venv is not activated.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = ansible_env(envvars)
     started = time.time()
     try:
         result = ansible_runner.run(

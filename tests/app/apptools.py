@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -141,6 +142,40 @@ def redis_server(workdir: Path):
     proc.wait(timeout=10)
 
 
+LAB_DB = "ai_admin_lab"
+LAB_COMPANY = "1001"  # the seed's company; its company_id columns are integers
+LOCK_CLASS = 0x41494144  # app/src/main.js: first key of the WhatsApp session advisory lock
+
+
+def lock_key(company_id: str) -> int:
+    """app/src/main.js lockKey: 31-bit FNV-1a of ``whatsapp:<company id>``."""
+    h = 0x811C9DC5
+    for byte in f"whatsapp:{company_id}".encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h & 0x7FFFFFFF
+
+
+def db_dsn(postgres: dict, dbname: str = "ai_admin") -> str:
+    """Superuser DSN for one of the test databases."""
+    return postgres["admin"].replace("dbname=postgres", f"dbname={dbname}")
+
+
+@pytest.fixture(scope="session")
+def lab_db(postgres) -> str:
+    """A second database, ``ai_admin_lab``, built by lab/files/seed.sql itself (run as the app's role,
+    which owns it): integer company ids, ``messages`` partitioned by range with a DEFAULT partition,
+    ``dialog_contexts``, company 1001 with its whatsapp_auth row. Returns its superuser DSN."""
+    import psycopg
+
+    with psycopg.connect(postgres["admin"], autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {LAB_DB} OWNER ai_admin")
+    seed = (ROOT / "lab/files/seed.sql").read_text()
+    with psycopg.connect(host="127.0.0.1", port=postgres["port"], user="ai_admin", password=DB_PASSWORD,
+                         dbname=LAB_DB, sslmode="require", autocommit=True) as conn:
+        conn.execute(seed)  # no parameters: several statements in one go
+    return db_dsn(postgres, LAB_DB)
+
+
 def env_line(key: str, value: str) -> str:
     """The role's quoting scheme (`KEY={{ value | to_json }}`) with Python's json."""
     return f"{key}={json.dumps(value)}\n"
@@ -182,6 +217,27 @@ class AppProcess:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float = 10) -> tuple[int, dict, dict]:
+        """One request on a fresh connection: (status, JSON body or {}, lower-cased headers)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            raw = resp.read()
+            try:
+                doc = json.loads(raw) if raw else {}
+            except ValueError:
+                doc = {"raw": raw.decode(errors="replace")}
+            return resp.status, doc, {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+
+    def post_json(self, path: str, doc, timeout: float = 10) -> tuple[int, dict]:
+        status, body, _ = self.request("POST", path, json.dumps(doc).encode(),
+                                       {"content-type": "application/json"}, timeout)
+        return status, body
 
     def wait_http(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

@@ -2,6 +2,7 @@
 
 from tests.app.apptools import (  # noqa: F401 - fixtures
     app_env,
+    lab_db,
     node_modules,
     postgres,
     redis_server,

@@ -26,6 +26,7 @@ def pg_sessions(postgres: dict, app_name: str) -> int:
 def test_health_endpoints_real_figures(app_env, start_app, postgres):
     with psycopg.connect(postgres["admin"].replace("dbname=postgres", "dbname=ai_admin"), autocommit=True) as c:
         c.execute("DELETE FROM whatsapp_keys")
+        c.execute("DELETE FROM whatsapp_auth")  # other tests' companies
         c.execute("INSERT INTO whatsapp_auth (company_id, creds) VALUES ('h1', '{}') ON CONFLICT DO NOTHING")
         c.execute("INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, expires_at, updated_at) VALUES "
                   "('h1','pre-key','1','{}', now() - interval '1 day', now()),"

@@ -69,14 +69,15 @@ def test_modules_through_ansible(pg_tls, tmp_path, module_vars, check):
 
 def gates_inventory(pg_tls, tmp_path, **overrides) -> pathlib.Path:
     host_vars = {
-        'aiadmin_db_private_address': '127.0.0.1',
+        'aiadmin_db_host': '127.0.0.1',
+        'aiadmin_db_client_address': '127.0.0.1',
         'aiadmin_db_port': pg_tls.port,
         'aiadmin_db_name': DATABASE,
         'aiadmin_db_user': USER,
         'aiadmin_db_password': USER_PASSWORD,
         'aiadmin_db_sslmode': 'verify-full',
         'aiadmin_db_ca_path': str(pg_tls.pki.ca),
-        'aiadmin_pm2_process_count': 2,
+        'aiadmin_pm2_processes': ['api', 'worker'],
         'aiadmin_db_pool_size': 3,
     }
     host_vars.update(overrides)
@@ -113,7 +114,7 @@ def test_gates_playbook_no_go_wrong_password(pg_tls, tmp_path):
 
 def test_gates_playbook_no_go_pool_over_budget(pg_tls, tmp_path):
     pg_tls.wait_quiet(0)
-    inventory = gates_inventory(pg_tls, tmp_path, aiadmin_pm2_process_count=8)  # 8 x 3 = 24 > 17
+    inventory = gates_inventory(pg_tls, tmp_path, aiadmin_pm2_processes=[f'p{i}' for i in range(8)])  # 8 x 3 = 24 > 17
     proc = playbook(['-i', str(inventory), GATES, '--check'], ansible_env(tmp_path))
     out = flat(proc)
     assert proc.returncode != 0, out[-4000:]

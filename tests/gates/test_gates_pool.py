@@ -25,6 +25,8 @@ from tests.gates.gates_pg import (
 
 MODULE = 'pg_pool_health'
 USABLE = MAX_CONNECTIONS - SUPERUSER_RESERVED
+THIS_HOST = '127.0.0.1'  # every TCP session of the tests comes from here
+NO_SESSIONS_HOST = '192.0.2.1'  # TEST-NET-1: never connected to, so no session from it
 
 
 @pytest.fixture
@@ -115,7 +117,8 @@ def test_planned_demand_warn_level_is_go_with_warning(server, hold, run_module):
 def test_planned_demand_above_free_slots(server, hold, run_module):
     hold(4)
     run = run_module(MODULE, server.module_args(clients=clients(('new', 7, 2, False))))
-    assert_no_go(run, 'thresholds', 'planned demand 14 exceeds the 13 free slots')
+    assert_no_go(run, 'thresholds', f'projected 18 exceeds the {USABLE} usable slots',
+                 'planned demand 14 exceeds the 13 free slots (used 4; new: 14 planned)')
     res = run.result
     assert res['level'] == 'critical' and res['headroom'] == -1
     assert res['utilization_pct'] == round(18 * 100 / USABLE, 1)
@@ -310,3 +313,183 @@ def test_blackholed_address(blackhole_netns, pki, run_module, driver):
     run = run_module(MODULE, args, netns=blackhole_netns)
     assert_no_go(run, 'tcp', 'timeout expired')
     assert run.seconds < 2 + 1, run.seconds
+
+
+# ----------------------------------------------------------------------------- client addresses
+
+
+def addressed(host, address, processes, pool_size, after='connected'):
+    return dict(host=host, address=address, processes=processes, pool_size=pool_size, after=after)
+
+
+@pytest.mark.parametrize('driver', ['psycopg', 'psycopg2'])
+def test_serving_host_sessions_are_replaced_by_its_demand(server, hold, run_module, driver):
+    hold(10)  # the app on this host serves with 10 sessions
+    serving = [addressed('serving', THIS_HOST, 5, 2)]
+    run = run_module(MODULE, server.module_args(driver=driver, clients=serving))
+    res = run.result
+    assert run.rc == 0 and res['go'] is True, res
+    assert res['used'] == 10 and res['planned_demand'] == 10 and res['projected'] == 10
+    assert res['headroom'] == USABLE - 10 and res['level'] == 'ok'
+    assert res['clients'] == [{
+        'host': 'serving', 'processes': 5, 'pool_size': 2, 'already_connected': False,
+        'address': THIS_HOST, 'after': 'connected', 'current_sessions': 10, 'demand': 10, 'delta': 0,
+        'counted': True,
+    }]
+    assert 'planned 10 (net +0) -> projected 10 of 17' in res['summary']
+    # The old way (no address) counts the same sessions twice: 10 used + 10 demand > 17.
+    legacy = run_module(MODULE, server.module_args(driver=driver, clients=clients(('serving', 5, 2, False))))
+    assert_no_go(legacy, 'thresholds', f'projected 20 exceeds the {USABLE} usable slots',
+                 'planned demand 10 exceeds the 7 free slots (used 10; serving: 10 planned)')
+    assert legacy.result['clients'][0]['address'] is None
+    assert legacy.result['clients'][0]['current_sessions'] is None
+    assert legacy.result['clients'][0]['delta'] == 10
+
+
+def test_serving_host_growing_past_the_budget(server, hold, run_module):
+    hold(10)
+    run = run_module(MODULE, server.module_args(clients=[addressed('serving', THIS_HOST, 9, 2)]))
+    assert_no_go(run, 'thresholds', f'projected 18 exceeds the {USABLE} usable slots',
+                 'net demand 8 (planned 18 minus the 10 current sessions from the client addresses) '
+                 'exceeds the 7 free slots',
+                 f'serving {THIS_HOST}: 10 now -> 18 planned')
+    assert run.result['clients'][0]['delta'] == 8 and run.result['projected'] == 18
+
+
+def test_window_old_disconnects_new_connects(server, hold, run_module):
+    hold(10, application_name='old-host-app')  # the old host, from this address
+    window = [addressed('old', THIS_HOST, 5, 2, after='disconnected'),
+              addressed('new', NO_SESSIONS_HOST, 6, 2)]
+    run = run_module(MODULE, server.module_args(clients=window))
+    res = run.result
+    assert run.rc == 0 and res['go'] is True, res
+    # 10 used - 10 (old gone) + 12 (new) = 12 of 17: fits only because old's sessions go.
+    assert res['used'] == 10 and res['free'] == 7
+    assert res['planned_demand'] == 12 and res['projected'] == 12 and res['headroom'] == 5
+    old, new = res['clients']
+    assert old == {'host': 'old', 'processes': 5, 'pool_size': 2, 'already_connected': False,
+                   'address': THIS_HOST, 'after': 'disconnected', 'current_sessions': 10, 'demand': 0,
+                   'delta': -10, 'counted': True}
+    assert new['current_sessions'] == 0 and new['demand'] == 12 and new['delta'] == 12
+    assert new['after'] == 'connected' and new['address'] == NO_SESSIONS_HOST
+    assert res['by_client_addr'] == {THIS_HOST: 10}
+    assert res['gate_warnings'] == []
+
+    # The same demand without the old entry: the old sessions stay, 10 + 12 > 17.
+    alone = run_module(MODULE, server.module_args(clients=window[1:]))
+    assert_no_go(alone, 'thresholds', f'projected 22 exceeds the {USABLE} usable slots',
+                 'planned demand 12 exceeds the 7 free slots',
+                 f'new {NO_SESSIONS_HOST}: 0 now -> 12 planned')
+    # Listing old as already connected (the overlap) is the same no-go.
+    overlap = clients(('old', 5, 2, True)) + window[1:]
+    run = run_module(MODULE, server.module_args(clients=overlap))
+    assert_no_go(run, 'thresholds', 'projected 22 exceeds', 'old: already connected, 10 not added')
+
+
+def test_window_no_go_lists_each_client(server, hold, run_module):
+    hold(4)
+    window = [addressed('old', THIS_HOST, 2, 2, after='disconnected'),
+              addressed('new', NO_SESSIONS_HOST, 9, 2)]
+    run = run_module(MODULE, server.module_args(clients=window))
+    # 4 - 4 + 18 = 18 > 17
+    assert_no_go(run, 'thresholds',
+                 f'projected 18 exceeds the {USABLE} usable slots: net demand 14 (planned 18 minus the 4 '
+                 f'current sessions from the client addresses) exceeds the 13 free slots (used 4; '
+                 f'old {THIS_HOST}: 4 now -> disconnected, new {NO_SESSIONS_HOST}: 0 now -> 18 planned)')
+
+
+def test_disconnected_address_without_sessions_warns(server, run_module):
+    spec = [addressed('old', NO_SESSIONS_HOST, 2, 2, after='disconnected')]
+    res = run_module(MODULE, server.module_args(clients=spec)).result
+    assert res['go'] is True and res['projected'] == 0 and res['clients'][0]['delta'] == 0
+    assert any(f'no client sessions from {NO_SESSIONS_HOST}' in w for w in res['gate_warnings']), res
+
+
+def test_by_client_addr(server, hold, run_module):
+    hold(3)
+    hold(1, host=str(server.sockdir), sslmode='disable', application_name='socket')  # Unix socket
+    with server.admin():  # a superuser session: its address is hidden from gate_user
+        res = run_module(MODULE, server.module_args()).result
+    assert res['go'] is True and res['used'] == 5
+    assert res['by_client_addr'] == {THIS_HOST: 3, 'local': 1, '(not visible)': 1}
+
+
+@pytest.mark.parametrize('driver', ['psycopg', 'psycopg2'])
+def test_ipv6_and_unused_addresses_bind_on_both_drivers(server, hold, run_module, driver):
+    hold(2)
+    spec = [addressed('v6', '::1', 1, 1), addressed('v4', NO_SESSIONS_HOST, 1, 1),
+            addressed('here', THIS_HOST, 1, 2)]
+    res = run_module(MODULE, server.module_args(driver=driver, clients=spec)).result
+    assert res['go'] is True, res
+    assert [c['current_sessions'] for c in res['clients']] == [0, 0, 2]
+    assert [c['delta'] for c in res['clients']] == [1, 1, 0]
+    assert res['projected'] == 4 and res['by_client_addr'] == {THIS_HOST: 2}
+
+
+def test_role_limit_uses_the_deltas(server, hold, run_module):
+    hold(3, user=LIMITED_ROLE, password=LIMITED_PASSWORD)
+    args = server.module_args(user=LIMITED_ROLE, password=LIMITED_PASSWORD)
+    # 3 current + (4 - 3) = 4 of limit 5.
+    fits = run_module(MODULE, dict(args, clients=[addressed('serving', THIS_HOST, 2, 2)])).result
+    assert fits['go'] is True, fits
+    assert fits['role_limit']['current'] == 3 and fits['role_limit']['planned'] == 1
+    assert fits['role_limit']['projected'] == 4 and fits['role_limit']['ok'] is True
+    # Without address the same demand comes on top: 3 + 4 = 7 > 5.
+    legacy = run_module(MODULE, dict(args, clients=clients(('serving', 2, 2, False))))
+    assert_no_go(legacy, 'thresholds', f'role {LIMITED_ROLE} connection limit 5 would be exceeded: '
+                                       '3 current + 4 planned = 7')
+    # With address, a bigger demand: 3 + (6 - 3) = 6 > 5.
+    grows = run_module(MODULE, dict(args, clients=[addressed('serving', THIS_HOST, 2, 3)]))
+    assert_no_go(grows, 'thresholds', f'role {LIMITED_ROLE} connection limit 5 would be exceeded: '
+                                      '3 current + 3 planned = 6 (planned is net of the sessions from the '
+                                      'client addresses)')
+    assert grows.result['role_limit']['planned'] == 3 and len(grows.result['reasons']) == 1
+    # The window: old (3 now) disconnects, new brings 5: 3 - 3 + 5 = 5 of 5.
+    window = [addressed('old', THIS_HOST, 1, 3, after='disconnected'), addressed('new', NO_SESSIONS_HOST, 1, 5)]
+    res = run_module(MODULE, dict(args, clients=window)).result
+    assert res['go'] is True, res
+    assert res['role_limit']['planned'] == 2 and res['role_limit']['projected'] == 5
+
+
+def test_database_limit_uses_the_deltas(server, hold, run_module):
+    hold(3, dbname=LIMITED_DATABASE)
+    args = server.module_args(database=LIMITED_DATABASE)  # the gate's own session: 4 of 4 connected
+    fits = run_module(MODULE, dict(args, clients=[addressed('serving', THIS_HOST, 1, 4)])).result
+    assert fits['go'] is True, fits
+    assert fits['database_limit']['current'] == 3 and fits['database_limit']['projected'] == 4
+    run = run_module(MODULE, dict(args, clients=[addressed('serving', THIS_HOST, 1, 5)]))
+    assert_no_go(run, 'thresholds', f'database {LIMITED_DATABASE} connection limit {LIMITED_DATABASE_LIMIT} '
+                                    'would be exceeded: 3 current + 2 planned = 5')
+
+
+@pytest.mark.parametrize('spec,needle', [
+    ([{'host': 'old', 'processes': 7, 'pool_size': 3, 'after': 'disconnected'}],
+     'clients[0] (old): after=disconnected needs address (the IP the database sees, '
+     'pg_stat_activity.client_addr): without it there are no current sessions to subtract'),
+    ([{'host': 'old', 'processes': 7, 'pool_size': 3, 'address': THIS_HOST, 'already_connected': True}],
+     'clients[0] (old): already_connected=true and address are ambiguous together: with address the current '
+     f'sessions from {THIS_HOST} are already counted (in used) and the demand replaces them; drop '
+     'already_connected'),
+    ([{'host': 'new', 'processes': 1, 'pool_size': 1, 'address': 'lab-new'}],
+     "clients[0] (new).address must be a numeric IPv4/IPv6 address as pg_stat_activity.client_addr shows it, "
+     "got 'lab-new'"),
+    ([{'host': 'new', 'processes': 1, 'pool_size': 1, 'address': '10.0.0.1/24'}], "got '10.0.0.1/24'"),
+    ([{'host': 'a', 'processes': 1, 'pool_size': 1, 'address': '2001:db8::1'},
+      {'host': 'b', 'processes': 1, 'pool_size': 1, 'address': '2001:DB8:0::1', 'after': 'disconnected'}],
+     'clients[1] (b).address 2001:DB8:0::1 is also the address of clients[0] (a): the sessions from one '
+     'address can be replaced only once'),
+])
+@pytest.mark.parametrize('report_only', [False, True])
+def test_bad_client_addresses_fail_before_connecting(server, run_module, spec, needle, report_only):
+    """Refused before any connection, and also with report_only (fail closed)."""
+    run = run_module(MODULE, server.module_args(port=free_port(), clients=spec, report_only=report_only))
+    assert_no_go(run, 'params', needle)
+    assert run.result['stages'] == {} and run.result['used'] is None
+    assert run.result['by_client_addr'] == {} and run.result['clients'] == []
+
+
+def test_unknown_after_value_is_rejected(server, run_module):
+    spec = [{'host': 'old', 'processes': 1, 'pool_size': 1, 'address': THIS_HOST, 'after': 'gone'}]
+    run = run_module(MODULE, server.module_args(port=free_port(), clients=spec))
+    assert run.rc != 0 and run.result.get('failed') is True
+    assert 'after' in run.result['msg'] and 'connected, disconnected' in run.result['msg'], run.result['msg']

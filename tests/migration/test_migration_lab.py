@@ -1,14 +1,17 @@
-"""The migration window on the lab, through the real operator CLI (aiadmin-ops migrate).
+"""The migration window on the lab, through the real operator CLI (aiadmin-ops).
 
 Every test drives lab-old / lab-new / lab-db / lab-egress. A monitor samples, every 0.2 s from
 the controller, which client addresses hold the app's database sessions and the WhatsApp
 session lock (pg advisory lock): the single-writer evidence ("at most one host at every
-moment"). Each test asserts where the app runs afterwards, that row counts did not change,
-the exit code and the report's verdict.
+moment"). A webhook writer (tests/writes.py) POSTs a steady stream of messages to whichever
+host answers; afterwards every acknowledged write must be in the database exactly once, and a
+stopped host must have acknowledged nothing after its stop was proven. Each test asserts where
+the app runs afterwards, the exit code and the verdict.
 
 Preparation (once per module): scripts/demo --prepare (old provisioned and serving on the
 public DB endpoint, new provisioned, the lab git remote published); each test then resets
-the story (new stopped, old serving, no ledger).
+the story (lab/story-reset.yml: new stopped and proven, old serving). The CLI's state
+directory is a test one (AIADMIN_STATE_DIR), outside the checkout.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,25 +30,28 @@ from pathlib import Path
 
 import pytest
 
+from aiadmin_ops.downtime import AnyProbe
 from tests.helpers import LAB_VAULT_PASSWORD, ROOT, podman
+from tests.writes import WebhookWriter
 
 # `make test` runs `scripts/demo --prepare` as its own stage, then these with AIADMIN_SKIP_PREPARE=1.
 pytestmark = [pytest.mark.lab, pytest.mark.window]
 
 OLD, NEW = "10.213.10.20", "10.213.20.30"  # the hosts' addresses as the database sees them
+OLD_URL, NEW_URL = "http://10.213.10.20:3000", "http://10.213.10.30:3000"  # their public API
 LOCK_CLASS = 0x41494144
-LEDGER = ROOT / ".artifacts/ledger/migrate-lab.json"
 BIN = ROOT / ".venv/bin"
-APP_EXTRA = ["-e", "aiadmin_app_repo=file:///srv/git/ai-admin.git"]
+STATE = Path(os.environ.get("AIADMIN_TEST_STATE_DIR", "/var/tmp/aiadmin-ops-window-tests"))
 NEW_VERSION = "v1.1.0"
+LOCK = "/run/aiadmin-ops/run.lock"
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "containers.conf"), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-           PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+           PATH=f"{BIN}:{os.environ.get('PATH', '')}", AIADMIN_STATE_DIR=str(STATE))
+APP_NAMES = ("ai-admin-api", "ai-admin-worker-v2", "ai-admin-batch-processor", "whatsapp-backup-service",
+             "ai-admin-booking-monitor", "ai-admin-telegram-bot", "baileys-whatsapp-service",
+             "whatsapp-safe-monitor")
 SESSIONS_SQL = """
 SELECT coalesce(host(a.client_addr), 'local') AS addr,
-       count(DISTINCT a.pid) FILTER (WHERE a.application_name IN (
-           'ai-admin-api', 'ai-admin-worker-v2', 'ai-admin-batch-processor', 'whatsapp-backup-service',
-           'ai-admin-booking-monitor', 'ai-admin-telegram-bot', 'baileys-whatsapp-service',
-           'whatsapp-safe-monitor')) AS app,
+       count(DISTINCT a.pid) FILTER (WHERE a.application_name = ANY(%s)) AS app,
        count(DISTINCT l.pid) AS locks
 FROM pg_stat_activity a
 LEFT JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
@@ -52,6 +59,8 @@ LEFT JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
 WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()
 GROUP BY 1
 """
+# Tables only the seed writes: their row counts never change during a window.
+STATIC_TABLES = ("companies", "clients", "services", "staff", "staff_schedules", "bookings", "whatsapp_auth")
 
 
 def connect(vault: dict):
@@ -64,15 +73,12 @@ def connect(vault: dict):
 
 
 def sessions(conn) -> dict[str, dict[str, int]]:
-    rows = conn.execute(SESSIONS_SQL, (LOCK_CLASS,)).fetchall()
+    rows = conn.execute(SESSIONS_SQL, (list(APP_NAMES), LOCK_CLASS)).fetchall()
     return {addr: {"app": app, "locks": locks} for addr, app, locks in rows}
 
 
 def row_counts(conn) -> dict[str, int]:
-    tables = [r[0] for r in conn.execute(
-        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1").fetchall()]
-    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}  # noqa: S608
+    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in STATIC_TABLES}  # noqa: S608
 
 
 class Monitor:
@@ -87,9 +93,12 @@ class Monitor:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            # A missed sample is not evidence either way.
+            # A missed sample (e.g. while lab-db restarts) is not evidence either way.
             with contextlib.suppress(Exception):
                 self.samples.append((time.time(), sessions(self.conn)))
+            if self.conn.closed or self.conn.broken:
+                with contextlib.suppress(Exception):
+                    self.conn = connect_again(self.conn)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> Monitor:
@@ -110,6 +119,15 @@ class Monitor:
             assert len(holders) <= 1, f"two session lock holders at {ts}: {snap}"
 
 
+def connect_again(conn):
+    import psycopg
+
+    info = conn.info
+    return psycopg.connect(host=info.host, port=info.port, dbname=info.dbname, user=info.user,
+                           password=info.password, sslmode="verify-full", sslrootcert=str(ROOT / "lab/state/ca.crt"),
+                           connect_timeout=5, application_name="aiadmin-ops-test-monitor", autocommit=True)
+
+
 def pm2_pids(container: str) -> str:
     proc = podman("exec", container, "pgrep", "-u", "aiadmin", "-f", "main\\.js", check=False)
     return " ".join(sorted(proc.stdout.split()))
@@ -124,15 +142,54 @@ def where_app_runs(conn) -> dict[str, object]:
     }
 
 
+def wait_single_holder(conn, addr: str, timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    state = where_app_runs(conn)
+    while time.time() < deadline and state["holder"] != [addr]:
+        time.sleep(0.5)
+        state = where_app_runs(conn)
+    return state
+
+
+def ledger() -> dict:
+    files = sorted((STATE / "ledger").glob("migrate-lab*.json"))
+    if not files:
+        return {}
+    try:
+        return json.loads(files[-1].read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def output_report(stdout: str) -> dict:
+    for line in stdout.splitlines():
+        if line.startswith("report: "):
+            return json.loads(Path(line.split()[1]).read_text())
+    return {}
+
+
 def cli(*args: str, timeout: float = 1200) -> tuple[subprocess.CompletedProcess, dict]:
     proc = subprocess.run([str(BIN / "aiadmin-ops"), *args], capture_output=True, text=True, env=ENV,
                           cwd=ROOT, timeout=timeout, check=False)
     sys.stdout.write(proc.stdout[-6000:])
-    report = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("report: "):
-            report = json.loads(Path(line.split()[1]).read_text())
-    return proc, report
+    return proc, output_report(proc.stdout)
+
+
+def cli_background(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "aiadmin-ops"), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV, cwd=ROOT, start_new_session=True)
+
+
+def kill_run(proc: subprocess.Popen) -> str:
+    """SIGKILL the CLI and its ansible-playbook (the controller dies; the hosts keep their state)."""
+    for pid in subprocess.run(["pgrep", "-f", "ansible-playbook .*playbooks/"], capture_output=True, text=True,
+                              check=False).stdout.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    return out
 
 
 def play(playbook: str, *extra: str, timeout: float = 1800) -> None:
@@ -142,25 +199,34 @@ def play(playbook: str, *extra: str, timeout: float = 1800) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
-def wait_serving(url: str, timeout: float = 60) -> bool:
-    import urllib.request
-
+def wait_for(predicate, timeout: float = 900, what: str = "condition") -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - lab address
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def hold(phase: str):
+    """Make a window started with migration_test_hold_before=<phase> stop before that phase."""
+    STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
+    flag, holding = STATE / f"hold-{phase}", STATE / f"holding-{phase}"
+    holding.unlink(missing_ok=True)
+    flag.write_text("held by the test\n")
+    try:
+        yield holding
+    finally:
+        flag.unlink(missing_ok=True)
+
+
+def release(phase: str) -> None:
+    (STATE / f"hold-{phase}").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
 def prepared(lab, vault):
-    if not (ROOT / "roles/pm2").is_dir() or not (ROOT / "roles/nodejs").is_dir():
-        pytest.skip("roles nodejs and pm2 are needed")
     if os.environ.get("AIADMIN_SKIP_PREPARE") != "1":
         proc = subprocess.run([str(ROOT / "scripts/demo"), "--prepare"], capture_output=True, text=True,
                               env=ENV, cwd=ROOT, timeout=3600, check=False)
@@ -170,79 +236,117 @@ def prepared(lab, vault):
 
 @pytest.fixture
 def story(prepared):
-    """Before each test: new stopped (proven), old serving, no ledger."""
-    play("tests/migration/lab_reset.yml")
+    """Before each test: new stopped (proven), old serving, no ledger, no run lock left over."""
+    for container in ("lab-old", "lab-new"):
+        podman("exec", container, "rm", "-f", LOCK, check=False)
+    play("lab/story-reset.yml")
+    shutil.rmtree(STATE / "ledger", ignore_errors=True)
     conn = connect(prepared)
     before = row_counts(conn)
-    assert where_app_runs(conn)["holder"] == [OLD]
+    assert wait_single_holder(conn, OLD)["holder"] == [OLD]
     yield conn
-    assert row_counts(conn) == before, "database row counts changed"
+    assert row_counts(conn) == before, "rows of the seeded tables changed"
     conn.close()
 
 
-# Pool thresholds that the lab's budget cannot meet for one host's 21 connections (27 usable).
-TIGHT_POOL = ("-e", "migrate_pool_warn_pct=40", "-e", "migrate_pool_critical_pct=50")
-
-
 def window(*extra: str) -> list[str]:
-    # The lab shares 2 cores with everything else: a 25 ms p95 latency gate instead of 5 ms.
-    return ["migrate", "--yes", *APP_EXTRA, "-e", f"aiadmin_app_version={NEW_VERSION}",
-            "-e", "migrate_max_latency_ms=25", *extra]
+    return ["migrate", "--yes", *extra]
 
 
+def assert_writes(writer: WebhookWriter, conn, stopped_url: str | None = None, stopped_at: float | None = None):
+    result = writer.verify(conn)
+    assert result["acked"] > 0, result
+    assert result["missing"] == [] and result["duplicates"] == [], result
+    if stopped_url is not None:
+        assert stopped_at, "the ledger did not record when the stop was proven"
+        late = writer.acked_by_after(stopped_url, float(stopped_at))
+        assert late == [], f"{stopped_url} acknowledged writes after its stop was proven: {late}"
+    return result
+
+
+# ----------------------------------------------------------------------------------- read only
 def test_check_changes_nothing(story, prepared):
     old_pids = pm2_pids("lab-old")
     current = podman("exec", "lab-new", "readlink", "/opt/ai-admin/current", check=False).stdout
     with Monitor(prepared) as mon:
-        proc, report = cli("migrate", "--check", *APP_EXTRA, "-e", f"aiadmin_app_version={NEW_VERSION}",
-                           "-e", "migrate_max_latency_ms=25")
+        proc, report = cli("migrate", "--check")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert report["verdict"] == "succeeded"
     assert [p["name"] for p in report["phases"]][:2] == ["confirm", "preflight"]
-    assert not LEDGER.exists(), "--check must not write the ledger"
+    assert "every gate is GO" in proc.stdout and report["custom_stats"]["migrate_status"] == "checked"
+    assert not ledger(), "--check must not write the ledger"
     assert pm2_pids("lab-old") == old_pids, "old host touched"
     assert podman("exec", "lab-new", "readlink", "/opt/ai-admin/current", check=False).stdout == current
     assert where_app_runs(story)["holder"] == [OLD]
+    for container in ("lab-old", "lab-new"):
+        assert podman("exec", container, "test", "-e", LOCK, check=False).returncode == 1, "--check left a lock"
     mon.assert_single_writer()
 
 
-def test_private_network_down_stops_at_preflight(story, prepared):
+# ----------------------------------------------------------------------------------- preflight
+def _systemctl(action: str, unit: str):
+    return lambda: podman("exec", "lab-new", "systemctl", action, unit)
+
+
+PREFLIGHT_FAULTS = {
+    "private-network": (lambda: podman("network", "disconnect", "aiadmin-lab-private", "lab-new"),
+                        lambda: podman("network", "connect", "--ip", NEW, "aiadmin-lab-private", "lab-new"),
+                        "Step"),
+    "redis-down": (_systemctl("stop", "redis-server"), _systemctl("start", "redis-server"), "NO-GO Redis"),
+    "xray-egress-down": (_systemctl("stop", "xray"), _systemctl("start", "xray"), "NO-GO egress"),
+    "pm2-daemon-dead": (_systemctl("stop", "pm2-aiadmin"), _systemctl("start", "pm2-aiadmin"),
+                        "PM2 daemon of lab-new is not running"),
+}
+
+
+@pytest.mark.parametrize("fault", list(PREFLIGHT_FAULTS))
+def test_preflight_fault_stops_with_no_downtime(story, prepared, fault):
+    inject, undo, expected = PREFLIGHT_FAULTS[fault]
     old_pids = pm2_pids("lab-old")
-    podman("network", "disconnect", "aiadmin-lab-private", "lab-new")
+    inject()
     try:
-        with Monitor(prepared) as mon:
+        with Monitor(prepared) as mon, WebhookWriter([OLD_URL, NEW_URL]) as writer:
             proc, report = cli(*window())
     finally:
-        podman("network", "connect", "--ip", "10.213.20.30", "aiadmin-lab-private", "lab-new")
+        undo()
     assert proc.returncode != 0
     assert report["verdict"].startswith("failed")
-    assert report["failures"][0]["phase"] == "preflight", report["failures"]
-    assert report["custom_stats"].get("migrate_failed_phase") == "preflight"
+    assert report["custom_stats"].get("migrate_failed_phase") == "preflight", report["custom_stats"]
+    assert expected in proc.stdout, proc.stdout[-3000:]
+    assert "kept the service" in proc.stdout
+    assert report["downtime"]["gaps"] == [], report["downtime"]
     assert pm2_pids("lab-old") == old_pids, "old host touched"
     state = where_app_runs(story)
     assert state["holder"] == [OLD] and not state["new_procs"]
-    ledger = json.loads(LEDGER.read_text())
-    assert ledger["app_running_on"] == "old" and "deploy" not in ledger["done"]
+    assert "deploy" not in ledger()["done"]
+    assert_writes(writer, story)
+    assert writer.acked_by(NEW_URL) == []
     mon.assert_single_writer()
 
 
 def test_pool_too_small_stops_at_preflight(story, prepared):
     old_pids = pm2_pids("lab-old")
     with Monitor(prepared) as mon:
-        proc, report = cli(*window(*TIGHT_POOL))
+        proc, report = cli(*window("-e", "migration_pool_warn_pct=40", "-e", "migration_pool_critical_pct=50"))
     assert proc.returncode != 0
-    assert report["failures"][0]["phase"] == "preflight"
-    msg = report["failures"][0]["msg"]
-    # The budget itself must say no (21 for lab-new is over half of the usable slots), not a
-    # parameter error.
-    assert "NO-GO pool" in msg and "critical at 50" in msg and "invalid parameters" not in msg, msg
+    assert report["custom_stats"].get("migrate_failed_phase") == "preflight"
+    # The budget itself says no (21 for lab-new is more than half the usable slots), not a parameter error.
+    assert "reaches critical_pct 50" in proc.stdout and "invalid parameters" not in proc.stdout, proc.stdout[-3000:]
     assert pm2_pids("lab-old") == old_pids
     assert where_app_runs(story)["holder"] == [OLD]
     mon.assert_single_writer()
 
 
-def test_happy_path_then_explicit_rollback(story, prepared):
-    with Monitor(prepared) as mon:
+def test_gates_go_on_the_serving_host(story, prepared):
+    """The read-only gates on a serving system: the host's own sessions are inside its demand."""
+    proc, report = cli("gates", "-e", "gates_from=old")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "GO pool" in proc.stdout and "NO-GO" not in proc.stdout
+
+
+# ----------------------------------------------------------------------------------- windows
+def test_window_with_writes_nothing_to_do_then_rollback(story, prepared):
+    with Monitor(prepared) as mon, WebhookWriter([OLD_URL, NEW_URL]) as writer:
         proc, report = cli(*window())
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert report["verdict"] == "succeeded"
@@ -250,88 +354,186 @@ def test_happy_path_then_explicit_rollback(story, prepared):
         "confirm", "preflight", "backups", "deploy", "cutover", "smoke", "verdict"]
     down = report["downtime"]
     print(f"\nMEASURED cutover downtime: {down['longest_gap_ms']:.0f} ms; window {report['duration_s']:.1f} s")
-    # Measured and reported (target <= 30 s: see the report and the session notes), not timed here.
-    assert down["samples"] > 0 and down["longest_gap_ms"] > 0
+    assert down["samples"] > 0
     state = where_app_runs(story)
     assert state["holder"] == [NEW] and not state["old_procs"] and state["new_procs"]
-    ledger = json.loads(LEDGER.read_text())
-    assert ledger["status"] == "succeeded" and ledger["app_running_on"] == "new"
-    backups = Path(ledger["backups"])
+    book = ledger()
+    assert book["status"] == "succeeded" and book["app_running_on"] == "new"
+    backups = Path(book["backups"])
+    assert STATE in backups.parents and ROOT not in backups.parents
     sums = (backups / "SHA256SUMS").read_text()
     assert "ai_admin.dump" in sums and ".env" in sums and "config.json" in sums
     assert oct(backups.stat().st_mode & 0o777) == "0o700"
+    written = assert_writes(writer, story, OLD_URL, book["old_stopped_at"])
+    assert writer.acked_by(OLD_URL) and writer.acked_by(NEW_URL), "the writes did not go through the cutover"
+    print(f"writes: {written}")
     mon.assert_single_writer()
 
-    # The explicit rollback within the retention period.
-    with Monitor(prepared) as mon:
+    # The same window again: the app already runs on the new host.
+    new_pids = pm2_pids("lab-new")
+    proc, report = cli(*window())
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "NOTHING TO DO" in proc.stdout
+    assert pm2_pids("lab-new") == new_pids and not pm2_pids("lab-old")
+
+    # The explicit rollback.
+    with Monitor(prepared) as mon, WebhookWriter([NEW_URL, OLD_URL]) as writer:
         proc, rb = cli("rollback", "--yes")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert rb["verdict"] == "succeeded"
     state = where_app_runs(story)
     assert state["holder"] == [OLD] and not state["new_procs"]
+    assert_writes(writer, story)
     mon.assert_single_writer()
+
+    # And again: nothing to do.
+    proc, _ = cli("rollback", "--yes")
+    assert proc.returncode == 0 and "NOTHING TO DO" in proc.stdout, proc.stdout[-3000:]
 
 
 def test_crash_in_smoke_rolls_back_automatically(story, prepared):
-    with Monitor(prepared) as mon:
-        proc, report = cli(*window("-e", "migrate_app_version=v1.2.0", "-e", "migrate_app_demo_crash_on_start=true"))
+    with Monitor(prepared) as mon, WebhookWriter([OLD_URL, NEW_URL]) as writer:
+        proc, report = cli(*window("-e", "migration_app_version=v1.2.0", "-e", "migration_demo_crash_on_start=true"))
     assert proc.returncode != 0
     assert report["verdict"].startswith("failed")
     assert report["custom_stats"]["migrate_failed_phase"] == "smoke", report["custom_stats"]
     assert "rollback" in [p["name"] for p in report["phases"]]
+    assert "Rolled back" in proc.stdout
     print(f"\nMEASURED automatic rollback (rollback start -> old serving): {report['rollback_to_serving_s']} s; "
           f"outage {report['downtime']['longest_gap_ms']:.0f} ms; window {report['duration_s']:.1f} s")
-    # Measured and reported (target <= 30 s), not a timed assertion.
     assert report["rollback_to_serving_s"] is not None and report["rollback_to_serving_s"] > 0
     state = where_app_runs(story)
     assert state["holder"] == [OLD] and not state["new_procs"]
-    assert json.loads(LEDGER.read_text())["status"] == "rolled_back"
+    assert ledger()["status"] == "rolled_back"
     assert "deploy" in report["remaining"] and "cutover" in report["remaining"]
+    assert_writes(writer, story)
     mon.assert_single_writer()
 
 
-def test_controller_killed_after_old_stopped_resumes(story, prepared):
-    with Monitor(prepared) as mon:
-        first = subprocess.Popen([str(BIN / "aiadmin-ops"), *window()], stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
-        killed = False
-        deadline = time.time() + 900
-        while time.time() < deadline and first.poll() is None:
-            try:
-                ledger = json.loads(LEDGER.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                ledger = {}
-            if ledger.get("app_running_on") == "none":
-                pids = subprocess.run(["pgrep", "-f", "ansible-playbook.*migrate.yml"], capture_output=True,
-                                      text=True, check=False).stdout.split()
-                for pid in pids:
-                    try:
-                        os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
-                        killed = True
-                    except ProcessLookupError:
-                        pass
-                break
-            time.sleep(0.05)
-        out, _ = first.communicate(timeout=300)
-        assert killed, out[-3000:]
-        assert first.returncode != 0
-        ledger = json.loads(LEDGER.read_text())
-        assert ledger["cutover_started"] and ledger["app_running_on"] == "none"
-        assert not pm2_pids("lab-old"), "old must have been stopped before the kill"
-        assert "cutover" in out and "remaining steps" in out
+def test_database_restart_during_smoke_rolls_back(story, prepared):
+    with hold("smoke") as holding:
+        run = cli_background(*window("-e", "migration_test_hold_before=smoke"))
+        wait_for(holding.exists, what="the window to reach the smoke tests")
+        podman("exec", "lab-db", "systemctl", "restart", "postgresql")
+        release("smoke")
+        out, _ = run.communicate(timeout=900)
+    sys.stdout.write(out[-4000:])
+    report = output_report(out)
+    assert run.returncode != 0
+    assert report["custom_stats"]["migrate_failed_phase"] == "smoke", report["custom_stats"]
+    assert "Rolled back" in out
+    state = wait_single_holder(story, OLD)
+    assert state["holder"] == [OLD] and not state["new_procs"]
 
+
+# ----------------------------------------------------------------------------------- unreachable
+def _away(container: str) -> None:
+    """The host stops answering Ansible while it keeps running (its management path is gone)."""
+    podman("rename", container, f"{container}-away")
+    podman("exec", f"{container}-away", "pkill", "-f", "mitogen:", check=False)
+
+
+def test_new_unreachable_after_deploy_old_keeps_serving(story, prepared):
+    old_pids = pm2_pids("lab-old")
+    try:
+        with Monitor(prepared) as mon, WebhookWriter([OLD_URL, NEW_URL]) as writer, hold("cutover") as holding:
+            run = cli_background(*window("-e", "migration_test_hold_before=cutover"))
+            wait_for(holding.exists, what="the window to reach the cutover")
+            _away("lab-new")
+            release("cutover")
+            out, _ = run.communicate(timeout=900)
+    finally:
+        podman("rename", "lab-new-away", "lab-new", check=False)
+    sys.stdout.write(out[-4000:])
+    assert run.returncode != 0
+    assert "UNREACHABLE: lab-new" in out and "kept the service" in out and "ROLLBACK FAILED" not in out, out[-3000:]
+    assert pm2_pids("lab-old") == old_pids, "the old host was touched"
+    assert where_app_runs(story)["holder"] == [OLD]
+    assert_writes(writer, story)
+    mon.assert_single_writer()
+
+
+def test_new_unreachable_after_cutover_old_gets_the_service_back(story, prepared):
+    try:
+        with Monitor(prepared) as mon, WebhookWriter([OLD_URL, NEW_URL]) as writer, hold("smoke") as holding:
+            run = cli_background(*window("-e", "migration_test_hold_before=smoke"))
+            wait_for(holding.exists, what="the window to reach the smoke tests")
+            podman("stop", "-t", "20", "lab-new", timeout=60)  # the new host goes down
+            release("smoke")
+            out, _ = run.communicate(timeout=900)
+        sys.stdout.write(out[-4000:])
+        assert run.returncode != 0
+        assert "UNREACHABLE: lab-new" in out and "Rolled back" in out, out[-3000:]
+        state = wait_single_holder(story, OLD)
+        assert state["holder"] == [OLD] and state["old_procs"]
+        assert_writes(writer, story)
+        mon.assert_single_writer()
+    finally:
+        podman("start", "lab-new", check=False, timeout=120)
+        # At boot PM2 resurrects the list saved when the window started it: stop it again.
+        play("lab/story-reset.yml")
+
+
+# ----------------------------------------------------------------------------------- one at a time
+def test_second_run_refused_then_stale_lock_cleared_and_resumed(story, prepared):
+    with hold("cutover") as holding:
+        first = cli_background(*window("-e", "migration_test_hold_before=cutover"))
+        wait_for(holding.exists, what="the first window to reach the cutover")
+        run_id = holding.read_text().strip()
+        proc, _ = cli(*window())
+        assert proc.returncode != 0
+        assert "REFUSED, nothing changed" in proc.stdout and run_id in proc.stdout, proc.stdout[-3000:]
+        assert "migrate run" in proc.stdout and "Wait for it to finish" in proc.stdout
+        proc, _ = cli("rollback", "--yes")
+        assert proc.returncode != 0 and run_id in proc.stdout, proc.stdout[-3000:]
+        # The controller dies while it holds the lock.
+        kill_run(first)
+    assert where_app_runs(story)["holder"] == [OLD]
+    proc, _ = cli("unlock", "--check")
+    assert proc.returncode == 0 and "STALE" in proc.stdout and run_id in proc.stdout, proc.stdout[-3000:]
+    proc, _ = cli("unlock", "--yes")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for container in ("lab-old", "lab-new"):
+        assert podman("exec", container, "test", "-e", LOCK, check=False).returncode == 1
+    with Monitor(prepared) as mon:
         proc, report = cli(*window())
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert report["verdict"] == "succeeded"
-    # Resumed: the same window (its backups and deploy were not redone).
-    window_id = ledger["window_id"]
-    ledger = json.loads(LEDGER.read_text())
-    assert ledger["resumed"] and ledger["status"] == "succeeded" and ledger["window_id"] == window_id
-    state = where_app_runs(story)
-    assert state["holder"] == [NEW] and not state["old_procs"]
+    assert ledger()["resumed"] is True
+    assert where_app_runs(story)["holder"] == [NEW]
     mon.assert_single_writer()
 
 
+KILL_POINTS = {
+    "backups": (lambda b: "preflight" in b.get("done", []) and b.get("status") == "running", ()),
+    "deploy": (lambda b: "backups" in b.get("done", []), ()),
+    "smoke": (lambda b: b.get("app_running_on") == "new", ()),
+    "rescue": (lambda b: b.get("status") == "compensating",
+               ("-e", "migration_app_version=v1.2.0", "-e", "migration_demo_crash_on_start=true")),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_controller_killed_then_rerun_converges(story, prepared, point):
+    when, extra = KILL_POINTS[point]
+    with Monitor(prepared) as mon:
+        first = cli_background(*window(*extra))
+        wait_for(lambda: when(ledger()) or first.poll() is not None, what=f"the window to reach {point}")
+        assert first.poll() is None, "the window ended before the kill point"
+        out = kill_run(first)
+        assert first.returncode != 0, out[-2000:]
+        proc, report = cli(*window(*extra))
+        state = where_app_runs(story)
+    serving = [h for h, on in (("old", state["old_procs"]), ("new", state["new_procs"])) if on]
+    assert len(serving) == 1, f"after the re-run the app runs on {serving or 'no host'}: {proc.stdout[-3000:]}"
+    assert len(state["holder"]) == 1
+    if point == "rescue":
+        assert state["holder"] == [OLD] and proc.returncode != 0
+    else:
+        assert proc.returncode == 0 and state["holder"] == [NEW], proc.stdout[-3000:]
+    mon.assert_single_writer()
+
+
+# ----------------------------------------------------------------------------------- webhook
 def test_webhook_receives_start_rollback_end(story, prepared):
     """The notification webhook, against a local receiver, on a window that fails at preflight."""
     import http.server
@@ -351,8 +553,8 @@ def test_webhook_receives_start_rollback_end(story, prepared):
     server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        proc, _ = cli(*window(*TIGHT_POOL, "--webhook",
-                              f"http://127.0.0.1:{server.server_port}/hook"))
+        proc, _ = cli(*window("-e", "migration_pool_critical_pct=50", "-e", "migration_pool_warn_pct=40",
+                              "--webhook", f"http://127.0.0.1:{server.server_port}/hook"))
     finally:
         server.shutdown()
     assert proc.returncode != 0
@@ -362,18 +564,18 @@ def test_webhook_receives_start_rollback_end(story, prepared):
     assert "password" not in json.dumps(received).lower()
 
 
+# ----------------------------------------------------------------------------------- decommission
 def test_decommission_refuses_while_the_old_host_serves(story, prepared):
     old_pids = pm2_pids("lab-old")
     proc, report = cli("decommission", "--yes")
     assert proc.returncode != 0
-    assert report["verdict"].startswith("failed")
+    assert report["verdict"].startswith("failed") and "REFUSED, nothing changed" in proc.stdout
     assert pm2_pids("lab-old") == old_pids, "old host touched"
     assert podman("exec", "lab-old", "test", "-f", "/opt/ai-admin/shared/.env", check=False).returncode == 0
     assert where_app_runs(story)["holder"] == [OLD]
 
 
-def test_window_then_decommission_the_old_host(story, prepared):
-    # Exactly one archive afterwards: none left by an earlier, interrupted run.
+def test_window_decommission_then_rollback_refused_without_outage(story, prepared):
     podman("exec", "lab-old", "rm", "-rf", "/root/aiadmin-decommission", check=False)
     proc, report = cli(*window())
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -387,18 +589,36 @@ def test_window_then_decommission_the_old_host(story, prepared):
         assert podman("exec", old, "systemctl", "is-enabled", "pm2-aiadmin.service", check=False).stdout.strip() \
             == "disabled"
         assert podman("exec", old, "test", "-e", "/opt/ai-admin/shared/.env", check=False).returncode == 1
+        assert podman("exec", old, "test", "-f", "/etc/aiadmin-ops/decommissioned", check=False).returncode == 0
         listing = podman("exec", old, "sh", "-c", "stat -c '%a %U %n' /root/aiadmin-decommission/env-*.tar.gz").stdout
         mode, owner, archive = listing.split()
         assert (mode, owner) == ("600", "root")
         remote_sum = podman("exec", old, "sha256sum", archive).stdout.split()[0]
-        local = ROOT / "backups/decommission-lab-old" / Path(archive).name
+        local = STATE / "backups/decommission-lab-old" / Path(archive).name
         assert oct(local.stat().st_mode & 0o777) == "0o600"
         assert hashlib.sha256(local.read_bytes()).hexdigest() == remote_sum
         assert where_app_runs(story)["holder"] == [NEW], "the new host must keep serving"
         mon.assert_single_writer()
+
+        # Decommissioning again: nothing to do.
+        proc, _ = cli("decommission", "--yes")
+        assert proc.returncode == 0 and "NOTHING TO DO" in proc.stdout, proc.stdout[-3000:]
+
+        # A rollback to a decommissioned host cannot succeed: refused before any change, no outage.
+        new_pids = pm2_pids("lab-new")
+        probe = AnyProbe([f"{NEW_URL}/health"], interval=0.1)
+        threading.Thread(target=probe.run, daemon=True).start()
+        proc, report = cli("rollback", "--yes")
+        probe.stop()
+        assert proc.returncode != 0
+        assert "REFUSED, nothing changed" in proc.stdout and "decommissioned" in proc.stdout, proc.stdout[-3000:]
+        assert probe.summary()["gaps"] == [], probe.summary()
+        assert pm2_pids("lab-new") == new_pids
+        assert where_app_runs(story)["holder"] == [NEW]
     finally:
-        # Put the old host back for the next run: unit enabled, .env re-rendered (processes stopped).
-        podman("exec", "lab-old", "rm", "-rf", "/root/aiadmin-decommission", check=False)
+        # Put the old host back for the next tests: marker and archive gone, unit enabled, .env
+        # re-rendered (processes stopped).
+        podman("exec", "lab-old", "rm", "-rf", "/root/aiadmin-decommission", "/etc/aiadmin-ops/decommissioned",
+               check=False)
         podman("exec", "lab-old", "systemctl", "enable", "--now", "pm2-aiadmin.service", check=False)
-        play("playbooks/deploy.yml", "-e", "deploy_hosts=lab-old", "-e", "aiadmin_app_db_host=10.213.10.10",
-             "-e", "aiadmin_app_version=v1.0.0", "-e", "aiadmin_app_start=false", *APP_EXTRA)
+        play("playbooks/deploy.yml", "-e", "deploy_hosts=old", "-e", "app_start=false")

@@ -5,20 +5,36 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from aiadmin_ops import report
+from aiadmin_ops import cli as cli_mod
+from aiadmin_ops import report, state
 from aiadmin_ops.downtime import AnyProbe
-from aiadmin_ops.runner import run_playbook, split_phase
+from aiadmin_ops.runner import InventoryError, inventory_probe_urls, run_playbook, split_phase
 from tests.helpers import ROOT
 
 PLAYBOOK = "tests/fixtures/playbooks/phases.yml"
 INVENTORY = "tests/fixtures/inventory.yml"
 CANARY = "CANARY-3f9b2c-not-a-real-secret"
+
+
+@pytest.fixture(autouse=True)
+def state_root(tmp_path, monkeypatch) -> Path:
+    """Every test keeps its state (artifacts, reports, ledgers) in a tmp dir, never in /var/lib."""
+    root = tmp_path / "aiadmin-state"
+    monkeypatch.setenv(state.STATE_ENV, str(root))
+    return root
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +68,12 @@ def test_split_phase():
     assert split_phase("Cutover | Stop the old host") == ("cutover", "Stop the old host")
 
 
-def test_success_shows_phases_and_retries():
+def test_success_shows_phases_and_retries(state_root):
     result, out = run({})
     assert result.verdict == "succeeded" and result.rc == 0
+    # Runner artifacts in the state dir (0700), one directory per playbook, never in the checkout.
+    assert Path(result.artifact_dir).parent == state_root / "artifacts" / "phases"
+    assert mode(state_root / "artifacts") == 0o700 and mode(state_root / "artifacts" / "phases") == 0o700
     assert [p.name for p in result.phases] == ["alpha", "beta", "gamma"]
     assert "== phase beta" in out
     assert "waiting 1/6" in out and "waiting 2/6" in out  # attempt n of (retries + 1)
@@ -105,7 +124,7 @@ def test_report_html_and_json(tmp_path):
 
 
 def cli(*args: str, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))  # AIADMIN_STATE_DIR: the test's tmp dir
     return subprocess.run([sys.executable, "-m", "aiadmin_ops.cli", *args], capture_output=True, text=True,
                           env=env, stdin=stdin, timeout=60, check=False)
 
@@ -126,3 +145,211 @@ def test_production_needs_a_vault_password_file():
     env_less = cli("gates", "-i", "production")
     assert env_less.returncode != 0
     assert "AIADMIN_VAULT_PASSWORD_FILE" in env_less.stderr
+
+
+def test_report_defaults_to_the_state_dir_0600(state_root):
+    result, _ = run({})
+    json_path, html_path = report.write(report.build(result, "fixture"))
+    assert json_path.parent == html_path.parent == state_root / "reports"
+    assert mode(json_path) == 0o600 and mode(html_path) == 0o600
+    assert mode(state_root / "reports") == 0o700
+
+
+def test_unlock_needs_confirmation_without_a_terminal():
+    proc = cli("unlock")
+    assert proc.returncode != 0
+    assert "confirm with --yes" in proc.stderr
+
+
+def test_unlock_has_force_and_check():
+    args = cli_mod.build_parser().parse_args(["unlock", "--check", "--force", "--yes"])
+    assert (args.command, args.check, args.force, args.yes) == ("unlock", True, True, True)
+    assert cli_mod.PLAYBOOKS["unlock"][0] == "playbooks/unlock.yml" and cli_mod.PLAYBOOKS["unlock"][2] is True
+    assert "--force" in cli("unlock", "--help").stdout
+
+
+# ----------------------------------------------------------------------------- extravars
+
+
+def extravars_for(*argv: str) -> dict:
+    return cli_mod.build_extravars(cli_mod.build_parser().parse_args(list(argv)))
+
+
+def test_every_run_gets_aiadmin_run_and_the_state_dir(state_root):
+    ev = extravars_for("gates")
+    run = ev["aiadmin_run"]
+    assert set(run) == {"run_id", "command", "controller", "pid", "started", "inventory"}
+    assert re.fullmatch(r"[0-9a-f]{12}", run["run_id"])
+    assert run["command"] == "gates"
+    assert run["controller"] == socket.gethostname()
+    assert run["pid"] == os.getpid()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", run["started"])
+    assert run["inventory"] == state.identity("lab")
+    assert ev["aiadmin_state_dir"] == str(state_root)
+    assert ev["gates_ledger_path"] == str(state_root / "ledger" / f"gates-{state.identity('lab')}.json")
+    assert "gates_confirmed" not in ev and "migrate_ledger_path" not in ev
+    assert extravars_for("gates")["aiadmin_run"]["run_id"] != run["run_id"]  # one id per run
+    json.dumps(ev)  # extravars go to ansible-runner as JSON
+
+
+def test_the_ledger_follows_the_inventory_not_its_spelling(state_root, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    paths = {extravars_for("migrate", "--yes", "-i", inv)["migrate_ledger_path"]
+             for inv in ("lab", "./inventories/lab/", "inventories/lab/hosts.yml")}
+    assert paths == {str(state_root / "ledger" / f"migrate-{state.identity('lab')}.json")}
+
+
+@pytest.mark.parametrize("command", ["rollback", "decommission"])
+def test_rollback_and_decommission_get_the_migrate_ledger(state_root, command):
+    ev = extravars_for(command, "--yes", "-i", "production")
+    ident = state.identity("production")
+    assert ev[f"{command}_ledger_path"] == str(state_root / "ledger" / f"{command}-{ident}.json")
+    assert ev["migrate_ledger_path"] == str(state_root / "ledger" / f"migrate-{ident}.json")
+    assert ev[f"{command}_confirmed"] is True
+    assert ev["aiadmin_run"]["command"] == command and ev["aiadmin_run"]["inventory"] == ident
+
+
+def test_migrate_extravars(state_root):
+    ev = extravars_for("migrate", "--yes", "--webhook", "http://127.0.0.1:9/hook", "-e", "migrate_app_version=v2")
+    assert ev["migrate_confirmed"] is True and ev["migrate_app_version"] == "v2"
+    assert ev["migrate_webhook_url"] == "http://127.0.0.1:9/hook"
+    assert ev["migrate_ledger_path"].startswith(str(state_root / "ledger" / "migrate-lab-"))
+    assert "migrate_confirmed" not in extravars_for("migrate", "--check")
+
+
+def test_unlock_extravars(state_root):
+    ev = extravars_for("unlock", "--yes", "--force")
+    assert ev["unlock_confirmed"] is True and ev["unlock_force"] is True
+    assert ev["aiadmin_run"]["command"] == "unlock"
+    check = extravars_for("unlock", "--check")
+    assert "unlock_confirmed" not in check and check["unlock_force"] is False
+
+
+@pytest.mark.parametrize("key", ["aiadmin_run", "aiadmin_state_dir"])
+def test_the_cli_own_extravars_cannot_be_overridden(key):
+    with pytest.raises(SystemExit, match="set by aiadmin-ops itself"):
+        extravars_for("gates", "-e", f"{key}=x")
+
+
+def test_a_run_end_to_end_keeps_its_state_outside_the_checkout(state_root, tmp_path, monkeypatch, capsys):
+    """gates through the real CLI code on a local fixture: the extravars reach the playbook, the
+    ledger it leaves open is tightened to 0600, the report lands in the state dir."""
+    playbook = tmp_path / "echo.yml"
+    playbook.write_text("""---
+- name: Echo what the CLI passes
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: check | The run record and the state dir
+      ansible.builtin.assert:
+        that:
+          - aiadmin_run.run_id | length == 12
+          - aiadmin_run.command == 'gates'
+          - aiadmin_run.pid | int > 0
+          - aiadmin_state_dir is directory
+          - gates_ledger_path.startswith(aiadmin_state_dir ~ '/ledger/gates-inventory-')
+    - name: record | A ledger written loosely
+      ansible.builtin.copy:
+        dest: "{{ gates_ledger_path }}"
+        content: "{{ {'run': aiadmin_run} | to_json }}"
+        mode: "0644"
+""")
+    pw = tmp_path / "pw.txt"
+    pw.write_text("unused\n")
+    monkeypatch.setenv("AIADMIN_VAULT_PASSWORD_FILE", str(pw))
+    monkeypatch.setitem(cli_mod.PLAYBOOKS, "gates", (str(playbook), "fixture", False))
+    rc = cli_mod.main(["gates", "-i", str(ROOT / INVENTORY), "--timeout", "120"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    ledger = state.ledger_path("gates", str(ROOT / INVENTORY))
+    assert json.loads(ledger.read_text())["run"]["command"] == "gates"
+    assert mode(ledger) == 0o600
+    reports = sorted((state_root / "reports").glob("gates-*.json"))
+    assert len(reports) == 1 and mode(reports[0]) == 0o600
+    data = json.loads(reports[0].read_text())
+    assert data["run"]["inventory"] == state.identity(str(ROOT / INVENTORY))
+    assert data["run"]["run_id"] in out
+    assert Path(data["artifact_dir"]).is_relative_to(state_root / "artifacts" / "echo")
+
+
+# ----------------------------------------------------------------------------- probe URLs
+
+
+@pytest.fixture
+def probe_inventory(tmp_path, vaulted_vars) -> tuple[Path, list[str]]:
+    """old (a child group), new (its port in a vaulted group_vars file, with a canary secret), egress."""
+    inv = tmp_path / "inv"
+    (inv / "group_vars" / "new").mkdir(parents=True)
+    (inv / "hosts.yml").write_text("""---
+all:
+  children:
+    old:
+      children:
+        old_moscow:
+          hosts:
+            app-old:
+              aiadmin_public_address: 192.0.2.20
+    new:
+      hosts:
+        app-new:
+          aiadmin_public_address: 192.0.2.30
+        app-new6:
+          aiadmin_public_address: "2001:db8::30"
+          aiadmin_api_port: "3200"
+    egress:
+      hosts:
+        app-egress:
+          aiadmin_public_address: 192.0.2.40
+""")
+    _, pw = vaulted_vars
+    secret = inv / "group_vars" / "new" / "vault.yml"
+    secret.write_text(f"aiadmin_api_port: 3100\nvault_probe_canary: {CANARY}\n")
+    subprocess.run([str(ROOT / ".venv/bin/ansible-vault"), "encrypt", "--vault-id", f"t@{pw}", str(secret)],
+                   check=True, capture_output=True)
+    return inv, [f"t@{pw}"]
+
+
+def test_probe_urls_come_from_the_inventory(probe_inventory, capsys):
+    inv, vault_ids = probe_inventory
+    urls = inventory_probe_urls(str(inv / "hosts.yml"), vault_ids)
+    # Group and host vars as Ansible merges them (the vaulted group port, the host's own over it);
+    # the old group's hosts through its child group; egress is not probed.
+    assert urls == ["http://192.0.2.20:3000/health", "http://192.0.2.30:3100/health",
+                    "http://[2001:db8::30]:3200/health"]
+    captured = capsys.readouterr()
+    assert CANARY not in captured.out + captured.err
+
+
+def test_a_host_without_an_address_is_named(probe_inventory):
+    inv, vault_ids = probe_inventory
+    (inv / "hosts.yml").write_text(
+        (inv / "hosts.yml").read_text().replace("aiadmin_public_address: 192.0.2.20", "ansible_host: 192.0.2.20"))
+    with pytest.raises(InventoryError, match="host app-old has no aiadmin_public_address") as exc:
+        inventory_probe_urls(str(inv), vault_ids)
+    assert CANARY not in str(exc.value)
+
+
+def test_probe_urls_need_old_or_new_hosts(tmp_path):
+    with pytest.raises(InventoryError, match="no host in the groups old, new"):
+        inventory_probe_urls(str(ROOT / INVENTORY), [])
+
+
+def test_a_wrong_vault_password_fails_without_printing_the_inventory(probe_inventory, tmp_path):
+    inv, _ = probe_inventory
+    bad = tmp_path / "bad.txt"
+    bad.write_text("wrong\n")
+    with pytest.raises(InventoryError, match=r"ansible-inventory on .* failed") as exc:
+        inventory_probe_urls(str(inv), [f"t@{bad}"])
+    assert CANARY not in str(exc.value)
+
+
+def test_migrate_refuses_an_inventory_without_probe_addresses(tmp_path, monkeypatch, capsys):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  children:\n    old:\n      hosts:\n        app-old:\n          ansible_host: 192.0.2.1\n")
+    pw = tmp_path / "pw.txt"
+    pw.write_text("unused\n")
+    monkeypatch.setenv("AIADMIN_VAULT_PASSWORD_FILE", str(pw))
+    monkeypatch.setitem(cli_mod.PLAYBOOKS, "migrate", ("/nonexistent/never-run.yml", "fixture", True))
+    assert cli_mod.main(["migrate", "--yes", "-i", str(inv)]) == 2
+    assert "host app-old has no aiadmin_public_address" in capsys.readouterr().err
