@@ -67,6 +67,7 @@ test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, Mole
 	@$(STAGE) pytest $(BIN)/pytest -q -m 'not lab'
 	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
 	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window'
+	@$(STAGE) lab-quiet $(BIN)/ansible-playbook $(LAB_VAULT) -i inventories/lab/hosts.yml lab/story-reset.yml -e lab_reset_start_old=false
 	@$(MAKE) --no-print-directory molecule SCENARIOS="$(SCENARIOS_DB)"
 	@$(MAKE) --no-print-directory -j2 ci-window ci-molecule-nodb
 

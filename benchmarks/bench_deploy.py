@@ -5,7 +5,7 @@ Needs the prepared lab story (`scripts/demo --prepare`, or after `make demo`). S
   1. benchmarks/deploy_stage.yml: both hosts stopped (proven), lab-new's releases wiped;
   2. fresh deploy of v1.0.0 to lab-new (git clone, npm ci, PM2 start, health);
   3. re-deploy of v1.1.0 while v1.0.0 serves, the probe polling http://<lab-new>:3000/health;
-  4. tests/migration/lab_reset.yml puts the story back (new stopped, old serving).
+  4. lab/story-reset.yml puts the story back (new stopped, old serving).
 
   .venv/bin/python benchmarks/bench_deploy.py [--json FILE]
 """
@@ -28,7 +28,7 @@ from aiadmin_ops.downtime import AnyProbe  # noqa: E402
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "containers.conf"), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
 PLAY = [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(ROOT / "inventories/lab/hosts.yml"),
         "--vault-id", f"lab@{ROOT / 'inventories/lab/vault-password.LAB-ONLY.txt'}"]
-APP = ["-e", "deploy_hosts=lab-new", "-e", "aiadmin_app_repo=file:///srv/git/ai-admin.git"]
+APP = ["-e", "deploy_hosts=lab-new"]
 HEALTH = "http://10.213.10.30:3000/health"
 
 
@@ -66,7 +66,7 @@ def main() -> int:
           f"{gap['failures']} of {gap['samples']} probes failed", flush=True)
 
     print("restore the story (new stopped, old serving)", flush=True)
-    play("tests/migration/lab_reset.yml")
+    play("lab/story-reset.yml")
     result = {"fresh_deploy_s": round(fresh, 1), "redeploy_s": round(redeploy, 1), "redeploy_probe": gap,
               "target_gap_ms": 5000, "met": gap["longest_gap_ms"] < 5000}
     if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -34,3 +35,8 @@ def lab_running() -> bool:
         return False
     proc = podman("container", "inspect", "-f", "{{.State.Running}}", "lab-db", check=False)
     return proc.returncode == 0 and proc.stdout.strip() == "true"
+
+
+def file_mode(path: Path) -> int:
+    """The permission bits of a file or directory."""
+    return stat.S_IMODE(os.stat(path).st_mode)

@@ -247,7 +247,7 @@ class Progress:
             if self.phases:
                 self.phases[-1].failed = True
             self._say(f"     FAILED on {data.get('host', '?')}: {msg}")
-        elif kind in ("runner_on_ok", "runner_on_changed") and self.phases:
+        elif kind in ("runner_on_ok", "runner_on_changed", "runner_item_on_ok") and self.phases:
             self.phases[-1].ended = now
             # What a debug task says (live state, gate summaries, the verdict) is for the operator.
             if data.get("task_action") in DEBUG_ACTIONS:

@@ -245,6 +245,8 @@ def story(prepared):
     before = row_counts(conn)
     assert wait_single_holder(conn, OLD)["holder"] == [OLD]
     yield conn
+    if conn.closed or conn.broken:  # e.g. lab-db was restarted by the test
+        conn = connect(prepared)
     assert row_counts(conn) == before, "rows of the seeded tables changed"
     conn.close()
 
@@ -291,7 +293,7 @@ def _systemctl(action: str, unit: str):
 PREFLIGHT_FAULTS = {
     "private-network": (lambda: podman("network", "disconnect", "aiadmin-lab-private", "lab-new"),
                         lambda: podman("network", "connect", "--ip", NEW, "aiadmin-lab-private", "lab-new"),
-                        "Step"),
+                        "NO-GO at step"),
     "redis-down": (_systemctl("stop", "redis-server"), _systemctl("start", "redis-server"), "NO-GO Redis"),
     "xray-egress-down": (_systemctl("stop", "xray"), _systemctl("start", "xray"), "NO-GO egress"),
     "pm2-daemon-dead": (_systemctl("stop", "pm2-aiadmin"), _systemctl("start", "pm2-aiadmin"),
@@ -339,7 +341,7 @@ def test_pool_too_small_stops_at_preflight(story, prepared):
 
 def test_gates_go_on_the_serving_host(story, prepared):
     """The read-only gates on a serving system: the host's own sessions are inside its demand."""
-    proc, report = cli("gates", "-e", "gates_from=old")
+    proc, _ = cli("gates", "-e", "gates_from=old")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "GO pool" in proc.stdout and "NO-GO" not in proc.stdout
 
@@ -422,7 +424,8 @@ def test_database_restart_during_smoke_rolls_back(story, prepared):
     assert run.returncode != 0
     assert report["custom_stats"]["migrate_failed_phase"] == "smoke", report["custom_stats"]
     assert "Rolled back" in out
-    state = wait_single_holder(story, OLD)
+    with contextlib.closing(connect(prepared)) as conn:  # the story's connection died with the restart
+        state = wait_single_holder(conn, OLD)
     assert state["holder"] == [OLD] and not state["new_procs"]
 
 
@@ -496,7 +499,7 @@ def test_second_run_refused_then_stale_lock_cleared_and_resumed(story, prepared)
     for container in ("lab-old", "lab-new"):
         assert podman("exec", container, "test", "-e", LOCK, check=False).returncode == 1
     with Monitor(prepared) as mon:
-        proc, report = cli(*window())
+        proc, _ = cli(*window())
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert ledger()["resumed"] is True
     assert where_app_runs(story)["holder"] == [NEW]
@@ -521,7 +524,7 @@ def test_controller_killed_then_rerun_converges(story, prepared, point):
         assert first.poll() is None, "the window ended before the kill point"
         out = kill_run(first)
         assert first.returncode != 0, out[-2000:]
-        proc, report = cli(*window(*extra))
+        proc, _ = cli(*window(*extra))
         state = where_app_runs(story)
     serving = [h for h, on in (("old", state["old_procs"]), ("new", state["new_procs"])) if on]
     assert len(serving) == 1, f"after the re-run the app runs on {serving or 'no host'}: {proc.stdout[-3000:]}"

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import socket
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from aiadmin_ops import cli as cli_mod
 from aiadmin_ops import report, state
 from aiadmin_ops.downtime import AnyProbe
 from aiadmin_ops.runner import InventoryError, inventory_probe_urls, run_playbook, split_phase
-from tests.helpers import ROOT
+from tests.helpers import ROOT, file_mode
 
 PLAYBOOK = "tests/fixtures/playbooks/phases.yml"
 INVENTORY = "tests/fixtures/inventory.yml"
@@ -26,15 +25,9 @@ CANARY = "CANARY-3f9b2c-not-a-real-secret"
 
 
 @pytest.fixture(autouse=True)
-def state_root(tmp_path, monkeypatch) -> Path:
-    """Every test keeps its state (artifacts, reports, ledgers) in a tmp dir, never in /var/lib."""
-    root = tmp_path / "aiadmin-state"
-    monkeypatch.setenv(state.STATE_ENV, str(root))
-    return root
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
+def _state(state_root) -> Path:
+    """Every test keeps its state in a tmp dir (tests/unit/conftest.py)."""
+    return state_root
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +66,7 @@ def test_success_shows_phases_and_retries(state_root):
     assert result.verdict == "succeeded" and result.rc == 0
     # Runner artifacts in the state dir (0700), one directory per playbook, never in the checkout.
     assert Path(result.artifact_dir).parent == state_root / "artifacts" / "phases"
-    assert mode(state_root / "artifacts") == 0o700 and mode(state_root / "artifacts" / "phases") == 0o700
+    assert file_mode(state_root / "artifacts") == 0o700 and file_mode(state_root / "artifacts" / "phases") == 0o700
     assert [p.name for p in result.phases] == ["alpha", "beta", "gamma"]
     assert "== phase beta" in out
     assert "waiting 1/6" in out and "waiting 2/6" in out  # attempt n of (retries + 1)
@@ -151,8 +144,8 @@ def test_report_defaults_to_the_state_dir_0600(state_root):
     result, _ = run({})
     json_path, html_path = report.write(report.build(result, "fixture"))
     assert json_path.parent == html_path.parent == state_root / "reports"
-    assert mode(json_path) == 0o600 and mode(html_path) == 0o600
-    assert mode(state_root / "reports") == 0o700
+    assert file_mode(json_path) == 0o600 and file_mode(html_path) == 0o600
+    assert file_mode(state_root / "reports") == 0o700
 
 
 def test_unlock_needs_confirmation_without_a_terminal():
@@ -264,9 +257,9 @@ def test_a_run_end_to_end_keeps_its_state_outside_the_checkout(state_root, tmp_p
     assert rc == 0, out
     ledger = state.ledger_path("gates", str(ROOT / INVENTORY))
     assert json.loads(ledger.read_text())["run"]["command"] == "gates"
-    assert mode(ledger) == 0o600
+    assert file_mode(ledger) == 0o600
     reports = sorted((state_root / "reports").glob("gates-*.json"))
-    assert len(reports) == 1 and mode(reports[0]) == 0o600
+    assert len(reports) == 1 and file_mode(reports[0]) == 0o600
     data = json.loads(reports[0].read_text())
     assert data["run"]["inventory"] == state.identity(str(ROOT / INVENTORY))
     assert data["run"]["run_id"] in out

@@ -5,24 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import stat
 from pathlib import Path
 
 import pytest
 
 from aiadmin_ops import state
-from tests.helpers import ROOT
-
-
-@pytest.fixture
-def state_root(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "state"
-    monkeypatch.setenv(state.STATE_ENV, str(root))
-    return root
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
+from tests.helpers import ROOT, file_mode
 
 
 def test_default_is_outside_the_checkout(monkeypatch):
@@ -40,10 +28,10 @@ def test_created_0700_with_its_subdirectories(state_root):
         assert state.state_dir() == state_root
     finally:
         os.umask(old_umask)
-    assert mode(state_root) == 0o700
+    assert file_mode(state_root) == 0o700
     for name in ("ledger", "reports", "artifacts", "backups"):
         assert (state_root / name).is_dir()
-        assert mode(state_root / name) == 0o700, name
+        assert file_mode(state_root / name) == 0o700, name
     assert state.ledger_dir() == state_root / "ledger"
     assert state.reports_dir() == state_root / "reports"
     assert state.artifacts_dir() == state_root / "artifacts"
@@ -59,9 +47,9 @@ def test_a_looser_directory_is_tightened(state_root):
     (state_root / "reports").mkdir()
     (state_root / "reports").chmod(0o750)
     state.state_dir()
-    assert mode(state_root) == 0o700
-    assert mode(state_root / "ledger") == 0o700
-    assert mode(state_root / "reports") == 0o700
+    assert file_mode(state_root) == 0o700
+    assert file_mode(state_root / "ledger") == 0o700
+    assert file_mode(state_root / "reports") == 0o700
 
 
 def test_a_file_in_the_way_is_refused(state_root):
@@ -85,9 +73,9 @@ def test_write_private_is_0600_even_over_a_looser_file(tmp_path):
     target.chmod(0o644)
     state.write_private(target, "{}\n")
     assert target.read_text() == "{}\n"
-    assert mode(target) == 0o600
+    assert file_mode(target) == 0o600
     fresh = state.write_private(tmp_path / "n.json", "x")
-    assert mode(fresh) == 0o600
+    assert file_mode(fresh) == 0o600
 
 
 def test_tighten_a_ledger_the_playbook_left_open(tmp_path):
@@ -95,7 +83,7 @@ def test_tighten_a_ledger_the_playbook_left_open(tmp_path):
     ledger.write_text("{}")
     ledger.chmod(0o644)
     state.tighten(ledger)
-    assert mode(ledger) == 0o600
+    assert file_mode(ledger) == 0o600
     state.tighten(tmp_path / "missing.json")  # nothing to do, no error
 
 
