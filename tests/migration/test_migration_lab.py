@@ -398,12 +398,15 @@ def test_window_with_writes_nothing_to_do_then_rollback(story, prepared):
     assert proc.returncode == 0 and "NOTHING TO DO" in proc.stdout, proc.stdout[-3000:]
 
 
-def test_crash_in_smoke_rolls_back_automatically(story, prepared):
+def test_crash_at_start_rolls_back_automatically(story, prepared):
+    # Every process of the release throws at start: the launch's wait for the API fails inside
+    # the cutover (the other processes are never started) and the rescue puts the old host back.
     with Monitor(prepared) as mon, WebhookWriter([OLD_URL, NEW_URL]) as writer:
         proc, report = cli(*window("-e", "migration_app_version=v1.2.0", "-e", "migration_demo_crash_on_start=true"))
     assert proc.returncode != 0
     assert report["verdict"].startswith("failed")
-    assert report["custom_stats"]["migrate_failed_phase"] == "smoke", report["custom_stats"]
+    assert report["custom_stats"]["migrate_failed_phase"] == "cutover", report["custom_stats"]
+    assert "API answers" in report["custom_stats"]["migrate_failed_task"], report["custom_stats"]
     assert "rollback" in [p["name"] for p in report["phases"]]
     assert "Rolled back" in proc.stdout
     print(f"\nMEASURED automatic rollback (rollback start -> old serving): {report['rollback_to_serving_s']} s; "

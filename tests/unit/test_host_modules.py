@@ -1,10 +1,11 @@
-"""deb_missing and private_network's addresses_in_cidr and tcp_probe, run by Ansible against this machine's
+"""deb_missing, app_stopped and private_network's addresses_in_cidr and tcp_probe, run by Ansible against this machine's
 real dpkg database and real interfaces (a network namespace the test creates)."""
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -116,3 +117,60 @@ def test_tcp_probe_tells_a_timeout(dummy_netns):
 def test_tcp_probe_refuses_a_name():
     res = module("tcp_probe", {"address": "db.example.invalid", "port": 5432})
     assert res.get("failed") and "not a numeric IP address" in res["msg"], res
+
+
+ME = pwd.getpwuid(os.getuid()).pw_name
+
+
+@pytest.fixture
+def app_like_process(tmp_path):
+    """A real process whose command line names a unique script, listening on a free port."""
+    script = tmp_path / f"app-{uuid.uuid4().hex[:8]}" / "main.js"
+    script.parent.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import socket,sys,time; s=socket.socket(socket.AF_INET6); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('::', {port})); s.listen(); print('ready', flush=True); time.sleep(120)")
+    proc = subprocess.Popen(["python3", "-c", code, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    yield proc, str(script.parent), port
+    proc.kill()
+    proc.wait()
+
+
+def test_app_stopped_names_the_process_and_the_listener_it_still_sees(app_like_process):
+    proc, base, port = app_like_process
+    res = module("app_stopped", {"user": ME,
+                                 "pattern": f"{base}/.*main\\.js", "port": port, "timeout": 0.5})
+    assert res.get("failed"), res
+    assert res["pids"] == [proc.pid] and res["listening"] is True
+    assert str(proc.pid) in res["msg"] and f"port {port}" in res["msg"]
+
+
+def test_app_stopped_holds_once_the_process_is_gone(app_like_process):
+    proc, base, port = app_like_process
+    proc.kill()
+    proc.wait()
+    res = module("app_stopped", {"user": ME,
+                                 "pattern": f"{base}/.*main\\.js", "port": port, "timeout": 2}, check=True)
+    assert not res.get("failed"), res
+    assert res["pids"] == [] and res["listening"] is False and res["changed"] is False
+
+
+def test_app_stopped_sees_a_listener_without_a_matching_process(app_like_process):
+    _, _, port = app_like_process
+    res = module("app_stopped", {"user": ME,
+                                 "pattern": "no-such-app/main\\.js", "port": port, "timeout": 0.3})
+    assert res.get("failed") and res["pids"] == [] and res["listening"] is True, res
+
+
+def test_app_stopped_counts_no_process_for_a_user_the_host_lacks():
+    res = module("app_stopped", {"user": f"nouser{uuid.uuid4().hex[:6]}", "pattern": "main\\.js", "timeout": 0.2})
+    assert not res.get("failed") and res["pids"] == [], res
+
+
+def test_app_stopped_rejects_a_bad_pattern():
+    res = module("app_stopped", {"user": "root", "pattern": "(", "timeout": 0.2})
+    assert res.get("failed") and "not a regular expression" in res["msg"], res
