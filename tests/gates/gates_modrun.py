@@ -21,15 +21,24 @@ def alias_module_utils() -> None:
     """Serve plugins/module_utils/*.py as ansible.module_utils.* (what AnsiballZ bundles)."""
     import ansible.module_utils as module_utils
 
-    for path in sorted((ROOT / 'plugins' / 'module_utils').glob('*.py')):
-        if path.name == '__init__.py':
-            continue
-        name = 'ansible.module_utils.' + path.stem
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        setattr(module_utils, path.stem, module)
+    pending = [p for p in sorted((ROOT / 'plugins' / 'module_utils').glob('*.py')) if p.name != '__init__.py']
+    while pending:  # a file that imports another one loads after it
+        failed = []
+        for path in pending:
+            name = 'ansible.module_utils.' + path.stem
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except ImportError:
+                del sys.modules[name]
+                failed.append(path)
+                continue
+            setattr(module_utils, path.stem, module)
+        if len(failed) == len(pending):
+            raise ImportError(f'cannot load {[p.name for p in failed]}')
+        pending = failed
 
 
 def main() -> None:

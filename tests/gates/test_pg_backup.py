@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import stat
 import subprocess
+import sys
 import threading
 import time
 
@@ -267,3 +268,34 @@ def test_documentation_matches_the_argument_spec():
     assert spec["password"]["no_log"] is True
     yaml.safe_load(module.EXAMPLES)
     assert {"path", "manifest", "stage", "timings_s"} <= set(yaml.safe_load(module.RETURN))
+
+
+def test_the_timers_script_run_keeps_a_backup_with_a_pgpass_file(backup_db, age_key, tmp_path):
+    """The host's timer runs module_utils/pg_backup_job.py as a script: a JSON configuration
+    without the password, and a 0600 pgpass file."""
+    from tests.gates.gates_pg import ROOT, USER_PASSWORD
+
+    def esc(value):
+        return str(value).replace("\\", "\\\\").replace(":", "\\:")
+
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(":".join(esc(v) for v in ("127.0.0.1", backup_db.port, DATABASE, USER, USER_PASSWORD)) + "\n")
+    pgpass.chmod(0o600)
+    config = {k: v for k, v in args(backup_db, tmp_path / "b", age_key[1]).items() if k != "password"}
+    config["passfile"] = str(pgpass)
+    cfg = tmp_path / "backup.json"
+    cfg.write_text(json.dumps(config))
+    proc = subprocess.run([sys.executable, str(ROOT / "plugins/module_utils/pg_backup_job.py"), str(cfg)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["failed"] is False and pathlib.Path(res["manifest_path"]).is_file()
+    assert res["manifest"]["row_counts"]["public.messages"] >= 501
+    # A wrong pgpass: exit 1, the failure recorded, the kept backup untouched.
+    before = digests(tmp_path / "b")
+    pgpass.write_text("*:*:*:*:wrong\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "plugins/module_utils/pg_backup_job.py"), str(cfg)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["stage"] == "connect", proc.stdout
+    assert json.loads((tmp_path / "b" / "last-failure.json").read_text())["stage"] == "connect"
+    assert {k: v for k, v in digests(tmp_path / "b").items() if k != "last-failure.json"} == before
