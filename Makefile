@@ -19,7 +19,7 @@ SCENARIOS ?= $(SCENARIOS_DB) $(SCENARIOS_NODB)
 # Scenarios run side by side (each has its own instances); the longest come first.
 MOLECULE_JOBS ?= 2
 
-.PHONY: help deps venv lint unit lab-up lab-down lab-purge lab-status lab-smoke molecule test demo window-tests ci-window ci-molecule-nodb clean
+.PHONY: help deps venv lint unit lab-up lab-down lab-purge lab-status lab-smoke molecule test demo window-tests ci-static ci-lab ci-window ci-molecule-nodb clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -63,13 +63,20 @@ molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose, MOLEC
 	@printf '%s\n' $(SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-scenario {}
 
 test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, Molecule, the window on the lab
+	@$(MAKE) --no-print-directory -j2 ci-static ci-lab
+	@$(MAKE) --no-print-directory molecule SCENARIOS="$(SCENARIOS_DB)"
+	@$(MAKE) --no-print-directory -j2 ci-window ci-molecule-nodb
+
+# Internal to `test`, side by side: what needs no lab (lint, pytest on loopback), and the lab
+# with its tests (left quiet: no app running, for the Molecule scenarios' pool gates).
+ci-static:
 	@$(STAGE) lint $(MAKE) --no-print-directory lint
 	@$(STAGE) pytest $(BIN)/pytest -q -m 'not lab'
+
+ci-lab:
 	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
 	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window'
 	@$(STAGE) lab-quiet $(BIN)/ansible-playbook $(LAB_VAULT) -i inventories/lab/hosts.yml lab/story-reset.yml -e lab_reset_start_old=false
-	@$(MAKE) --no-print-directory molecule SCENARIOS="$(SCENARIOS_DB)"
-	@$(MAKE) --no-print-directory -j2 ci-window ci-molecule-nodb
 
 # Internal to `test`: the window story and the scenarios that never touch lab-db, side by side.
 ci-window:
