@@ -68,15 +68,16 @@ test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, Mole
 	@$(MAKE) --no-print-directory -j2 ci-window ci-molecule-nodb
 
 # Internal to `test`, side by side: what needs no lab (lint, pytest on loopback), and the lab
-# with its tests (left quiet: no app running, for the Molecule scenarios' pool gates).
+# made quiet (no app running, whatever `make demo` or a benchmark left: the gates' and the
+# Molecule scenarios' pool budgets) and its tests.
 ci-static:
 	@$(STAGE) lint $(MAKE) --no-print-directory lint
 	@$(STAGE) pytest $(BIN)/pytest -q -m 'not lab'
 
 ci-lab:
 	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
-	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window'
 	@$(STAGE) lab-quiet $(BIN)/ansible-playbook $(LAB_VAULT) -i inventories/lab/hosts.yml lab/story-reset.yml -e lab_reset_start_old=false
+	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window'
 
 # Internal to `test`: the window story and the scenarios that never touch lab-db, side by side.
 ci-window:
