@@ -82,7 +82,7 @@ ci-lab:
 # Internal to `test`: the window story and the scenarios that never touch lab-db, side by side.
 ci-window:
 	@DEMO_LAB_READY=1 $(STAGE) window-prepare scripts/demo --prepare
-	@AIADMIN_SKIP_PREPARE=1 $(STAGE) window-tests $(BIN)/pytest -q -m window
+	@AIADMIN_SKIP_PREPARE=1 $(STAGE) window-tests $(BIN)/pytest -q -m window --durations=0
 
 ci-molecule-nodb:
 	@$(MAKE) --no-print-directory molecule SCENARIOS="$(SCENARIOS_NODB)" MOLECULE_JOBS=1

@@ -49,6 +49,11 @@ def test_app_user_and_dir(host):
     assert app_dir.is_directory and app_dir.user == 'aiadmin' and app_dir.group == 'aiadmin'
 
 
+def test_apt_retries_downloads(host):
+    # The setting apt itself reads, not only the file's text.
+    assert 'Acquire::Retries "3";' in host.check_output('apt-config dump Acquire::Retries')
+
+
 def test_timezone(host):
     assert host.file('/etc/localtime').linked_to == '/usr/share/zoneinfo/Europe/Moscow'
     assert host.check_output('date +%Z') == 'MSK'
