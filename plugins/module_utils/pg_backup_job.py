@@ -140,19 +140,31 @@ class Backup:
             raise BackupError("versions", "pg_restore %d does not match pg_dump %d" % (restore, client))
         return {"server": server_num, "server_major": server, "pg_dump": client_text.strip(), "client_major": client}
 
+    def checked(self, tables):
+        return list(dict.fromkeys([*self.p["required_tables"], *tables]))
+
     def check_tables(self, cur, tables):
+        """Every table exists; a partitioned table's data is in its leaf partitions (the TOC
+        lists TABLE DATA for those only), so self.holders maps each table to where its data is."""
+        self.holders = {}
         for name in tables:
             schema, table = qualified(name)
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", ("%s.%s" % (sql_quote(schema), sql_quote(table)),))
-            if not cur.fetchone()[0]:
+            cur.execute("SELECT to_regclass(%s)::oid", ("%s.%s" % (sql_quote(schema), sql_quote(table)),))
+            oid = cur.fetchone()[0]
+            if oid is None:
                 raise BackupError("tables", "table %s.%s does not exist in %s" % (schema, table, self.p["database"]))
+            cur.execute("SELECT n.nspname, c.relname FROM pg_partition_tree(%s::regclass) t"
+                        " JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace"
+                        " WHERE t.isleaf ORDER BY 1, 2", (oid,))
+            leaves = ["%s.%s" % row for row in cur.fetchall()]
+            self.holders["%s.%s" % (schema, table)] = leaves or ["%s.%s" % (schema, table)]
 
     def snapshot_counts(self, tables):
         cur = self.conn.cursor()
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cur.execute("SELECT pg_export_snapshot()")
         snapshot = cur.fetchone()[0]
-        self.check_tables(cur, tables)
+        self.check_tables(cur, self.checked(tables))
         sql = __import__(self.driver.name + ".sql", fromlist=["sql"])
         counts = {}
         for name in tables:
@@ -189,8 +201,9 @@ class Backup:
         listing = run_tool([self.p["pg_restore"], "--list", plain], "toc", 300)
         entries = [line for line in listing.splitlines() if line and not line.startswith(";")]
         data = {m.group(1) + "." + m.group(2) for m in map(_TOC_DATA.match, entries) if m}
-        missing = sorted("%s.%s" % qualified(t) for t in self.p["required_tables"]
-                         if "%s.%s" % qualified(t) not in data)
+        holders = getattr(self, "holders", {})
+        missing = sorted(name for name in ("%s.%s" % qualified(t) for t in self.p["required_tables"])
+                         if not all(h in data for h in holders.get(name, [name])))
         if missing:
             raise BackupError("toc", "the archive holds no data for %s" % ", ".join(missing))
         return len(entries)
@@ -213,7 +226,7 @@ class Backup:
         versions = self.timed("versions", self.versions, server_num)
         tables = self.p["count_tables"] if self.p["count_tables"] is not None else self.p["required_tables"]
         if self.check_mode:
-            self.check_tables(self.conn.cursor(), tables)
+            self.check_tables(self.conn.cursor(), self.checked(tables))
             return {"changed": True, "versions": versions, "msg": "check mode: would dump %s" % self.p["database"]}
         if not os.path.isdir(dest):
             os.makedirs(dest, mode=0o700)
@@ -274,13 +287,38 @@ def sql_quote(ident):
     return '"%s"' % ident.replace('"', '""')
 
 
-def record_failure(path, stage, message):
+def record_failure(path, stage, message, **extra):
+    record = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "stage": stage, "msg": message}
+    if os.environ.get("INVOCATION_ID"):  # a systemd run: its failure unit knows it was recorded
+        record["invocation"] = os.environ["INVOCATION_ID"]
+    record.update(extra)
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        write_atomic(path, json.dumps({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"), "stage": stage, "msg": message}, indent=2) + "\n")
+        write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     except OSError:
         pass  # the module's own failure result still says what happened
+
+
+def record_service_failure(params, environ):
+    """The OnFailure unit's job: record a failed service run unless the job recorded it itself
+    (a kill or a timeout leaves no record of its own). True when a record was written."""
+    path = failure_file_of(params)
+    invocation = environ.get("MONITOR_INVOCATION_ID", "")
+    with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as fh:
+        if invocation and json.load(fh).get("invocation") == invocation:
+            return False
+    unit = environ.get("MONITOR_UNIT", "aiadmin-backup.service")
+    result = environ.get("MONITOR_SERVICE_RESULT", "unknown")
+    if environ.get("MONITOR_EXIT_STATUS"):
+        result += ", status " + environ["MONITOR_EXIT_STATUS"]
+    record_failure(path, "service", "pg_backup: %s failed (result %s) before the job recorded why; see journalctl -u %s"
+                   % (unit, result, unit), invocation=invocation)
+    return True
+
+
+def failure_file_of(params):
+    return params.get("failure_file") or os.path.join(params["dest_dir"], "last-failure.json")
 
 
 # Every option and its default (the module's argument spec adds the types); a script run fills
@@ -290,8 +328,9 @@ DEFAULTS = {
     "passfile": None, "sslmode": "verify-full", "ssl_rootcert": None, "connect_timeout": 10,
     "application_name": "aiadmin-ops-backup", "driver": "auto", "name_prefix": "backup", "required_tables": [],
     "count_tables": None, "min_size": 2048, "pg_dump": "pg_dump", "pg_restore": "pg_restore", "age": "age",
-    "dump_timeout": 3600, "failure_file": None,
+    "dump_timeout": 3600, "failure_file": None, "keep_local": None,
 }
+REQUIRED = ("host", "dest_dir", "age_recipients")
 
 
 def validate(params):
@@ -305,6 +344,8 @@ def validate(params):
         errors.append("name_prefix may hold only letters, digits, '_', '.' and '-'")
     if params.get("password") is not None and params.get("passfile"):
         errors.append("give password or passfile, not both")
+    if params.get("keep_local") is not None and params["keep_local"] < 1:
+        errors.append("keep_local must be at least 1 (the newest backup is always kept)")
     if params.get("passfile") and not os.path.isfile(params["passfile"]):
         errors.append("passfile %s does not exist" % params["passfile"])
     return errors
@@ -313,7 +354,7 @@ def validate(params):
 def execute(params, check_mode=False):
     """(ok, result): run one backup; on failure record it and clean up. Never raises for a
     failed stage."""
-    failure_file = params.get("failure_file") or os.path.join(params["dest_dir"], "last-failure.json")
+    failure_file = failure_file_of(params)
     os.umask(0o077)
     job = Backup(params, check_mode)
     try:
@@ -327,22 +368,61 @@ def execute(params, check_mode=False):
         return False, {"msg": msg, "stage": stage, "timings_s": job.timings}
     job.cleanup()
     result["timings_s"] = job.timings
+    if params.get("keep_local") and not check_mode:
+        result["pruned"] = prune_local(params)
     return True, result
+
+
+def prune_local(params):
+    """After a kept backup: the host keeps its keep_local newest sets (backup_catalog's prune, the
+    retention with every bucket at 0). A failed prune is reported, never a failed backup."""
+    try:
+        from ansible.module_utils import backup_catalog
+    except ImportError:  # the host's timer: backup_catalog.py sits beside this file
+        import backup_catalog
+    try:
+        out = backup_catalog.run({"path": params["dest_dir"], "name_prefix": params["name_prefix"], "state": "prune",
+                                  "policy": {"hourly": 0, "daily": 0, "weekly": 0, "monthly": 0,
+                                             "keep_min": params["keep_local"]}})
+    except backup_catalog.CatalogError as exc:
+        return {"failed": True, "msg": str(exc)}
+    return {"removed": out["removed"], "msg": out["msg"]}
+
+
+def load_config(path):
+    """A script run's parameters: the JSON file over DEFAULTS; keys starting with '_' are comments."""
+    with open(path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    if not isinstance(config, dict):
+        raise ValueError("%s: the configuration must be a JSON object" % path)
+    params = {k: v for k, v in config.items() if not k.startswith("_")}
+    unknown = sorted(set(params) - set(DEFAULTS) - set(REQUIRED))
+    if unknown:
+        raise ValueError("%s: unknown keys %s" % (path, ", ".join(unknown)))
+    return dict(DEFAULTS, **params)
 
 
 def main(argv=None):
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: pg_backup_job.py CONFIG.json", file=sys.stderr)
+    mode = argv[0] if len(argv) == 2 and argv[0] in ("--check-config", "--record-service-failure") else None
+    if len(argv) != (2 if mode else 1):
+        print("usage: pg_backup_job.py [--check-config | --record-service-failure] CONFIG.json", file=sys.stderr)
         return 2
-    with open(argv[0], encoding="utf-8") as fh:
-        params = dict(DEFAULTS, **json.load(fh))
-    errors = validate(params)
+    try:
+        params = load_config(argv[-1])
+        errors = validate(params)
+    except (OSError, ValueError) as exc:
+        params, errors = None, [str(exc)]
     if errors:
         print(json.dumps({"failed": True, "stage": "params", "msg": "pg_backup: " + "; ".join(errors)}))
         return 2
+    if mode == "--check-config":
+        return 0
+    if mode == "--record-service-failure":
+        record_service_failure(params, os.environ)
+        return 0
     ok, result = execute(params)
     print(json.dumps(dict(result, failed=not ok), sort_keys=True))
     return 0 if ok else 1

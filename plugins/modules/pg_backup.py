@@ -81,6 +81,12 @@ options:
   failure_file:
     description: Where the last failure is recorded (default C(<dest_dir>/last-failure.json)).
     type: path
+  keep_local:
+    description:
+      - After a kept backup, remove the oldest complete sets beyond the I(keep_local) newest in
+        I(dest_dir) (module_utils/backup_catalog.py; never the new one, never after a failure).
+        Unset keeps everything.
+    type: int
   passfile:
     description:
       - A 0600 pgpass file to use instead of I(password) (the host's timer runs the same job with one);
@@ -143,6 +149,7 @@ def argument_spec():
         dump_timeout=dict(type="int", default=3600),
         failure_file=dict(type="path"),
         passfile=dict(type="path"),
+        keep_local=dict(type="int"),
     )
     return spec
 

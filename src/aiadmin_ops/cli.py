@@ -33,6 +33,10 @@ PLAYBOOKS = {
     "migrate": ("playbooks/migrate.yml", "the migration window old -> new, with automatic rollback", True),
     "rollback": ("playbooks/rollback.yml", "explicit rollback to the old host after a window", True),
     "decommission": ("playbooks/decommission.yml", "disable the app on the old host, archive its .env", True),
+    "backup": ("playbooks/backup.yml", "a verified, encrypted database backup now, copied off-host, retention applied",
+               False),
+    "restore-test": ("playbooks/restore_test.yml", "restore the newest off-host backup into a scratch cluster, mark it",
+                     False),
     "unlock": ("playbooks/unlock.yml", "clear the run lock a dead run left on the hosts (--check: show holders)",
                True),
 }
@@ -164,12 +168,13 @@ def build_extravars(args: argparse.Namespace, run: dict | None = None) -> dict:
     (commands that need confirmation, unless --check), unlock_force, migrate_webhook_url."""
     command = args.command
     _, _, needs_confirm = PLAYBOOKS[command]
+    var = command.replace("-", "_")  # restore-test -> restore_test_ledger_path
     extravars: dict = parse_extra(args.extra)
     if needs_confirm and not args.check:
-        extravars[f"{command}_confirmed"] = True
+        extravars[f"{var}_confirmed"] = True
     extravars["aiadmin_state_dir"] = str(state.state_dir())
     extravars["aiadmin_run"] = run if run is not None else new_run(command, args.inventory)
-    extravars[f"{command}_ledger_path"] = str(ledger_path(command, args.inventory))
+    extravars[f"{var}_ledger_path"] = str(ledger_path(command, args.inventory))
     if command in READS_MIGRATE_LEDGER:
         extravars["migrate_ledger_path"] = str(ledger_path("migrate", args.inventory))
     if command == "unlock":
@@ -194,7 +199,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 3
     run = new_run(args.command, args.inventory)
     extravars = build_extravars(args, run)
-    ledger = Path(extravars[f"{args.command}_ledger_path"])
+    ledger = Path(extravars[f"{args.command.replace('-', '_')}_ledger_path"])
 
     probe = None
     if args.command == "migrate" and not args.check:

@@ -221,3 +221,20 @@ def test_documentation_matches_argument_spec(name):
         assert returned[key]['returned'] == 'always', key
     # Every key of the result skeleton is documented.
     assert set(module.skeleton()) <= set(returned), set(module.skeleton()) - set(returned)
+
+
+@pytest.mark.parametrize(('name', 'secret', 'returns'), [
+    ('pg_backup', 'password', {'path', 'manifest', 'stage', 'timings_s'}),
+    ('pg_restore_test', 'identity', {'ok', 'msg', 'stage', 'server_version', 'duration_s', 'row_counts', 'timings_s'}),
+])
+def test_backup_module_documentation_matches_argument_spec(name, secret, returns):
+    import yaml
+
+    module = _load_module(name)
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    assert doc['module'] == name
+    spec = module.argument_spec()
+    _compare_options(doc['options'], spec)
+    assert spec[secret]['no_log'] is True
+    yaml.safe_load(module.EXAMPLES)
+    assert returns <= set(yaml.safe_load(module.RETURN))

@@ -255,20 +255,6 @@ def test_the_password_is_never_on_pg_dumps_command_line(run_module, backup_db, a
     assert b"PGPASSFILE=" in seen["env"] and b"PGPASSWORD" not in seen["env"]
 
 
-def test_documentation_matches_the_argument_spec():
-    import yaml
-
-    from tests.gates.test_gates_unit import _compare_options, _load_module
-
-    module = _load_module("pg_backup")
-    doc = yaml.safe_load(module.DOCUMENTATION)
-    assert doc["module"] == "pg_backup"
-    spec = module.argument_spec()
-    _compare_options(doc["options"], spec)
-    assert spec["password"]["no_log"] is True
-    yaml.safe_load(module.EXAMPLES)
-    assert {"path", "manifest", "stage", "timings_s"} <= set(yaml.safe_load(module.RETURN))
-
 
 def test_the_timers_script_run_keeps_a_backup_with_a_pgpass_file(backup_db, age_key, tmp_path):
     """The host's timer runs module_utils/pg_backup_job.py as a script: a JSON configuration
@@ -299,3 +285,76 @@ def test_the_timers_script_run_keeps_a_backup_with_a_pgpass_file(backup_db, age_
     assert proc.returncode == 1 and json.loads(proc.stdout)["stage"] == "connect", proc.stdout
     assert json.loads((tmp_path / "b" / "last-failure.json").read_text())["stage"] == "connect"
     assert {k: v for k, v in digests(tmp_path / "b").items() if k != "last-failure.json"} == before
+
+
+def test_partitioned_table_is_required_through_its_partitions(run_module, backup_db, age_key, tmp_path):
+    """The TOC lists TABLE DATA for a partitioned table's leaf partitions only (like the app's
+    messages table): requiring the parent checks every leaf, and the count covers all of them."""
+    with backup_db.admin(DATABASE) as conn:
+        conn.execute("DROP TABLE IF EXISTS events")
+        conn.execute("CREATE TABLE events (id int, at date) PARTITION BY RANGE (at)")
+        conn.execute("CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+        conn.execute("CREATE TABLE events_default PARTITION OF events DEFAULT")
+        conn.execute("INSERT INTO events SELECT g, DATE '2026-06-01' + g FROM generate_series(1, 400) g")
+        conn.execute(f"ALTER TABLE events OWNER TO {USER}")
+        conn.execute(f"ALTER TABLE events_2026 OWNER TO {USER}")
+        conn.execute(f"ALTER TABLE events_default OWNER TO {USER}")
+    try:
+        dest = tmp_path / "backups"
+        run = run_module("pg_backup", args(backup_db, dest, age_key[1], required_tables=[*TABLES, "events"]))
+        assert not run.failed, run.result
+        assert run.result["manifest"]["row_counts"]["public.events"] == 400
+        listing = subprocess.run(["age", "--decrypt", "-i", str(age_key[0]), run.result["path"]], check=True,
+                                 capture_output=True).stdout
+        toc = subprocess.run(["pg_restore", "--list"], input=listing, check=True, capture_output=True).stdout.decode()
+        assert "TABLE DATA public events_2026" in toc and "TABLE DATA public events " not in toc
+    finally:
+        with backup_db.admin(DATABASE) as conn:
+            conn.execute("DROP TABLE IF EXISTS events")
+
+
+def test_keep_local_keeps_the_newest_sets_only_after_a_kept_backup(run_module, backup_db, age_key, earlier):
+    for _ in range(2):
+        run = run_module("pg_backup", args(backup_db, earlier, age_key[1], keep_local=2))
+        assert not run.failed, run.result
+        time.sleep(1.1)
+    newest = pathlib.Path(run.result["path"]).name
+    assert len(kept(earlier)) == 2 and newest in kept(earlier)
+    assert len(list(earlier.glob("*.manifest.json"))) == 2 and len(list(earlier.glob("*.sha256"))) == 2
+    # A failed run prunes nothing, whatever keep_local says.
+    before = digests(earlier)
+    run = run_module("pg_backup", args(backup_db, earlier, age_key[1], keep_local=1, required_tables=["nosuch"]))
+    assert run.failed
+    assert {k: v for k, v in digests(earlier).items() if k != "last-failure.json"} == before
+
+
+def test_script_checks_its_configuration_and_records_a_service_failure(tmp_path, age_key):
+    """`--check-config` is the role's template validate; `--record-service-failure` is the
+    OnFailure unit: it records a killed run, but never hides the job's own record of the run."""
+    from tests.gates.gates_pg import ROOT
+
+    job = [sys.executable, str(ROOT / "plugins/module_utils/pg_backup_job.py")]
+    dest = tmp_path / "b"
+    dest.mkdir(mode=0o700)
+    (tmp_path / "ca.crt").write_text("not read by --check-config\n")
+    cfg = tmp_path / "backup.json"
+    cfg.write_text(json.dumps({"_managed": "comment", "host": "db.example.invalid", "dest_dir": str(dest),
+                               "ssl_rootcert": str(tmp_path / "ca.crt"),
+                               "age_recipients": [age_key[1]], "keep_local": 3}))
+    check = subprocess.run([*job, "--check-config", str(cfg)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for bad, needle in (({"age_recipients": ["AGE-SECRET-KEY-1X"]}, "age public keys"),
+                        ({"keep_lcoal": 3}, "unknown keys keep_lcoal"), ({"keep_local": 0}, "keep_local")):
+        wrong = tmp_path / "wrong.json"
+        wrong.write_text(json.dumps(dict(json.loads(cfg.read_text()), **bad)))
+        proc = subprocess.run([*job, "--check-config", str(wrong)], capture_output=True, text=True, check=False)
+        assert proc.returncode == 2 and needle in proc.stdout, proc.stdout
+    env = dict(os.environ, MONITOR_INVOCATION_ID="abc", MONITOR_SERVICE_RESULT="timeout", MONITOR_UNIT="x.service")
+    subprocess.run([*job, "--record-service-failure", str(cfg)], env=env, check=True)
+    record = json.loads((dest / "last-failure.json").read_text())
+    assert record["stage"] == "service" and "result timeout" in record["msg"] and record["invocation"] == "abc"
+    # The job recorded this invocation's failure itself: the failure unit keeps that record.
+    (dest / "last-failure.json").write_text(json.dumps({"stage": "dump", "msg": "own", "invocation": "def"}))
+    subprocess.run([*job, "--record-service-failure", str(cfg)], env=dict(env, MONITOR_INVOCATION_ID="def"),
+                   check=True)
+    assert json.loads((dest / "last-failure.json").read_text())["msg"] == "own"

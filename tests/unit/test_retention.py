@@ -1,14 +1,19 @@
-"""aiadmin_ops.retention: which backups to keep (GFS buckets in UTC, keep_min, verified/failed, clock skew)."""
+"""plugins/module_utils/backup_retention.py: which backups to keep (GFS buckets in UTC, keep_min, verified/failed,
+clock skew)."""
 
 from __future__ import annotations
 
 import random
+import sys
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from aiadmin_ops.retention import (
+from tests.helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))  # imported straight from the file, as it also is on a host
+from backup_retention import (
     FAILED,
     FAILED_GUARD,
     FUTURE,

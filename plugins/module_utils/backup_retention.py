@@ -1,4 +1,10 @@
+# Copyright: aiadmin-ops contributors
+# SPDX-License-Identifier: MIT
 """Which database backups to keep: grandfather-father-son buckets plus a minimum keep (like restic `forget`).
+
+The retention rules of the backup_catalog module (plugins/module_utils/backup_catalog.py applies them to a store).
+Standard library only: Ansible ships it to the hosts as ansible.module_utils.backup_retention, and it also
+imports directly from this file.
 
 `decide_retention(backups, policy, now)` is pure: no I/O, no clock reads (`now` is a parameter). The rules:
 

@@ -1,0 +1,1 @@
+../../../plugins/module_utils/pg_backup_job.py
