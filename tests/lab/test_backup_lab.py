@@ -95,7 +95,7 @@ def backed_up(lab, vault):
     on_host("sh", "-c", f"systemctl disable --now aiadmin-backup.timer 2>/dev/null; rm -rf {HOST_DIR}", check=False)
     prep = play("tests/lab/backup_prep.yml", timeout=1800)
     assert prep.returncode == 0
-    proc = cli("backup")
+    proc = cli("backup", "-e", "backup_timer_enabled=true")
     assert proc.returncode == 0
     yield proc
     # The timer stays off in the lab: a dump firing during the window tests would be a session
