@@ -324,6 +324,18 @@ PREFLIGHT_FAULTS = {
 }
 
 
+def assert_stopped_before_any_change(story, report, old_pids, writer, mon) -> None:
+    """No outage, the old host untouched and still the one writer, nothing deployed."""
+    assert report["downtime"]["gaps"] == [], report["downtime"]
+    assert pm2_pids("lab-old") == old_pids, "old host touched"
+    state = where_app_runs(story)
+    assert state["holder"] == [OLD] and not state["new_procs"]
+    assert "deploy" not in ledger()["done"]
+    assert_writes(writer, story)
+    assert writer.acked_by(NEW_URL) == []
+    mon.assert_single_writer()
+
+
 @pytest.mark.parametrize("fault", list(PREFLIGHT_FAULTS))
 def test_preflight_fault_stops_with_no_downtime(story, prepared, fault):
     inject, undo, expected = PREFLIGHT_FAULTS[fault]
@@ -339,14 +351,7 @@ def test_preflight_fault_stops_with_no_downtime(story, prepared, fault):
     assert report["custom_stats"].get("migrate_failed_phase") == "preflight", report["custom_stats"]
     assert expected in proc.stdout, proc.stdout[-3000:]
     assert "kept the service" in proc.stdout
-    assert report["downtime"]["gaps"] == [], report["downtime"]
-    assert pm2_pids("lab-old") == old_pids, "old host touched"
-    state = where_app_runs(story)
-    assert state["holder"] == [OLD] and not state["new_procs"]
-    assert "deploy" not in ledger()["done"]
-    assert_writes(writer, story)
-    assert writer.acked_by(NEW_URL) == []
-    mon.assert_single_writer()
+    assert_stopped_before_any_change(story, report, old_pids, writer, mon)
 
 
 def test_dump_that_does_not_restore_stops_before_any_change(story, prepared, tmp_path):
@@ -362,13 +367,7 @@ def test_dump_that_does_not_restore_stops_before_any_change(story, prepared, tmp
     assert proc.returncode != 0
     assert report["custom_stats"].get("migrate_failed_phase") == "backups", report["custom_stats"]
     assert "does not restore" in proc.stdout and "decrypt" in proc.stdout, proc.stdout[-3000:]
-    assert report["downtime"]["gaps"] == [], report["downtime"]
-    assert pm2_pids("lab-old") == old_pids, "old host touched"
-    state = where_app_runs(story)
-    assert state["holder"] == [OLD] and not state["new_procs"]
-    assert "deploy" not in ledger()["done"]
-    assert_writes(writer, story)
-    mon.assert_single_writer()
+    assert_stopped_before_any_change(story, report, old_pids, writer, mon)
 
 
 def test_pool_too_small_stops_at_preflight(story, prepared):
