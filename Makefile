@@ -10,11 +10,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_VAULT := --vault-id lab@inventories/lab/vault-password.LAB-ONLY.txt
 
 # Molecule scenarios (each: create, converge, idempotence, verify, destroy, some with check and
-# side_effect). Those of the first set open sessions on lab-db (the app scenario holds its
-# pools there); the second set never does, so `make test` runs it beside the window story,
-# whose pool gates must see only the lab's own app hosts.
+# side_effect). Those of the first set hold sessions on lab-db (the app scenario its pools) or
+# gate its connection budget; the second set holds none (backup's dumps last a second), so
+# `make test` runs it beside the window story, whose pool gates must see only the lab's own
+# app hosts.
 SCENARIOS_DB := app base private_network pg_ca_cert_negative private_network_negative
-SCENARIOS_NODB := nodejs xray pm2 xray_bad_config
+SCENARIOS_NODB := nodejs xray pm2 backup xray_bad_config
 SCENARIOS ?= $(SCENARIOS_DB) $(SCENARIOS_NODB)
 # Scenarios run side by side (each has its own instances); the longest come first.
 MOLECULE_JOBS ?= 2
@@ -69,7 +70,9 @@ test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, Mole
 
 # Internal to `test`, side by side: what needs no lab (lint, pytest on loopback), and the lab
 # made quiet (no app running, whatever `make demo` or a benchmark left: the gates' and the
-# Molecule scenarios' pool budgets) and its tests.
+# Molecule scenarios' pool budgets), its tests, then the window story prepared (old
+# provisioned and deployed, new provisioned) and the lab made quiet again for Molecule; the
+# window tests' first story reset starts the old host.
 ci-static:
 	@$(STAGE) lint $(MAKE) --no-print-directory lint
 	@$(STAGE) pytest $(BIN)/pytest -q -m 'not lab'
@@ -78,10 +81,11 @@ ci-lab:
 	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
 	@$(STAGE) lab-quiet $(BIN)/ansible-playbook $(LAB_VAULT) -i inventories/lab/hosts.yml lab/story-reset.yml -e lab_reset_start_old=false
 	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window'
-
-# Internal to `test`: the window story and the scenarios that never touch lab-db, side by side.
-ci-window:
 	@DEMO_LAB_READY=1 $(STAGE) window-prepare scripts/demo --prepare
+	@$(STAGE) lab-quiet $(BIN)/ansible-playbook $(LAB_VAULT) -i inventories/lab/hosts.yml lab/story-reset.yml -e lab_reset_start_old=false
+
+# Internal to `test`: the window tests and the scenarios that hold no session on lab-db, side by side.
+ci-window:
 	@AIADMIN_SKIP_PREPARE=1 $(STAGE) window-tests $(BIN)/pytest -q -m window --durations=0
 
 ci-molecule-nodb:

@@ -19,6 +19,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 MODRUN = HERE / 'gates_modrun.py'
 VENV_BIN = pathlib.Path(sys.executable).parent
 BLACKHOLE_ADDR = '198.18.0.2'  # RFC 2544 benchmark range, only ever inside our namespace
+# A module process's wall time beyond its connect_timeout: Python and Ansible start-up, which on
+# a loaded 2-core machine (make test runs the lab beside pytest) reached 1.5 s. Without the
+# timeout a silent or black-holed server keeps a connect going for minutes.
+PROCESS_SLACK_S = 3
 
 
 @dataclasses.dataclass
