@@ -224,3 +224,15 @@ def test_prune_dry_run_lists_and_keeps(backed_up):
     assert proc.returncode == 0
     assert set(before) <= set(digests(OFFHOST)), "a dry run removed a backup"
     assert "remove" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_pruned_copies_are_not_copied_again(backed_up):
+    """The host keeps more recent sets than a tight retention does off-host: what the retention
+    removed stays removed on the next run (only sets newer than the newest copy are copied)."""
+    policy = {"hourly": 0, "daily": 0, "weekly": 0, "monthly": 0, "keep_min": 1}
+    assert cli("backup", "-e", "backup_retention=" + json.dumps(policy)).returncode == 0
+    kept = [m["file"] for m in offhost_manifests() if m["verification"] != "failed"]
+    assert len(kept) == 1 and len(host_sets()) > 3, (kept, host_sets())
+    assert cli("backup", "-e", "backup_retention=" + json.dumps(policy)).returncode == 0
+    again = [m["file"] for m in offhost_manifests() if m["verification"] != "failed"]
+    assert len(again) == 1 and again != kept, again
