@@ -10,12 +10,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_VAULT := --vault-id lab@inventories/lab/vault-password.LAB-ONLY.txt
 
 # Molecule scenarios (each: create, converge, idempotence, verify, destroy, some with check and
-# side_effect). Those of the first set hold sessions on lab-db (the app scenario its pools) or
-# gate its connection budget; the second set holds none (backup's dumps last a second), so
+# side_effect). Those of the first set open sessions on lab-db (the app scenario holds its
+# pools there; each backup takes two of its few slots); the second set never does, so
 # `make test` runs it beside the window story, whose pool gates must see only the lab's own
 # app hosts.
-SCENARIOS_DB := app base private_network pg_ca_cert_negative private_network_negative
-SCENARIOS_NODB := nodejs xray pm2 backup xray_bad_config
+SCENARIOS_DB := app backup base private_network pg_ca_cert_negative private_network_negative
+SCENARIOS_NODB := nodejs xray pm2 xray_bad_config
 SCENARIOS ?= $(SCENARIOS_DB) $(SCENARIOS_NODB)
 # Scenarios run side by side (each has its own instances); the longest come first.
 MOLECULE_JOBS ?= 2
