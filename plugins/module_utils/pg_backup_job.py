@@ -389,6 +389,18 @@ def prune_local(params):
     return {"removed": out["removed"], "msg": out["msg"]}
 
 
+def finish_module(module, name, validate_fn, execute_fn, **failed_extra):
+    """The body of a module built on a job (pg_backup, pg_restore_test): refuse bad parameters at
+    stage 'params', else run the job and exit with its result."""
+    errors = validate_fn(module.params)
+    if errors:
+        module.fail_json(msg="%s: %s" % (name, "; ".join(errors)), stage="params", timings_s={}, **failed_extra)
+    ok, result = execute_fn(module.params, module.check_mode)
+    if not ok:
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
 def load_config(path):
     """A script run's parameters: the JSON file over DEFAULTS; keys starting with '_' are comments."""
     with open(path, encoding="utf-8") as fh:

@@ -129,7 +129,7 @@ timings_s: {description: Seconds per stage., returned: always, type: dict}
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pg_backup_job import execute, validate
+from ansible.module_utils.pg_backup_job import execute, finish_module, validate
 from ansible.module_utils.pg_gate import common_argument_spec
 
 
@@ -157,13 +157,7 @@ def argument_spec():
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
                            mutually_exclusive=[("password", "passfile")])
-    errors = validate(module.params)
-    if errors:
-        module.fail_json(msg="pg_backup: " + "; ".join(errors), stage="params", timings_s={})
-    ok, result = execute(module.params, module.check_mode)
-    if not ok:
-        module.fail_json(**result)
-    module.exit_json(**result)
+    finish_module(module, "pg_backup", validate, execute)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ timings_s: {description: Seconds per step., returned: always, type: dict}
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pg_backup_job import finish_module
 from ansible.module_utils.pg_restore_job import execute, validate
 
 
@@ -124,13 +125,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
                            mutually_exclusive=[("identity", "identity_file")],
                            required_one_of=[("identity", "identity_file")])
-    errors = validate(module.params)
-    if errors:
-        module.fail_json(msg="pg_restore_test: " + "; ".join(errors), stage="params", ok=False, timings_s={})
-    ok, result = execute(module.params, module.check_mode)
-    if not ok:
-        module.fail_json(**result)
-    module.exit_json(**result)
+    finish_module(module, "pg_restore_test", validate, execute, ok=False)
 
 
 if __name__ == "__main__":
