@@ -37,6 +37,8 @@ PLAYBOOKS = {
                False),
     "restore-test": ("playbooks/restore_test.yml", "restore the newest off-host backup into a scratch cluster, mark it",
                      False),
+    "restore-timer": ("playbooks/restore_timer.yml", "the weekly restore test's systemd timer here",
+                      False),
     "unlock": ("playbooks/unlock.yml", "clear the run lock a dead run left on the hosts (--check: show holders)",
                True),
 }

@@ -241,3 +241,42 @@ def test_pruned_copies_are_not_copied_again(backed_up):
     assert cli("backup", "-e", "backup_retention=" + json.dumps(policy)).returncode == 0
     again = [m["file"] for m in offhost_manifests() if m["verification"] != "failed"]
     assert len(again) == 1 and again != kept, again
+
+
+def test_weekly_restore_timer_runs_the_restore_test(backed_up, tmp_path):
+    """`aiadmin-ops restore-timer` writes the weekly units (here into a scratch directory: this
+    controller runs no systemd); the service's own ExecStart and Environment, run as written,
+    restore-test the newest copy; the timer, loaded by real systemd on a lab host, is scheduled
+    for the next Sunday."""
+    units = tmp_path / "units"
+    units.mkdir()
+    proc = cli("restore-timer", "-e", f"backup_restore_timer_unit_dir={units}",
+               "-e", "backup_restore_timer_inventory=lab")
+    assert proc.returncode == 0 and "verified" in proc.stdout, proc.stdout[-3000:]
+    service = (units / "aiadmin-restore-test.service").read_text()
+    assert cli("backup").returncode == 0
+    newest = offhost_manifests()[-1]
+    assert newest["verification"] != "restored", newest
+    env = {k: v for k, v in (line.split("=", 2)[1:] for line in service.splitlines()
+                             if line.startswith("Environment="))}
+    assert env == {"AIADMIN_STATE_DIR": str(STATE)}, env
+    argv = next(line.split("=", 1)[1] for line in service.splitlines() if line.startswith("ExecStart=")).split()
+    run = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False,
+                         env=dict(os.environ, CONTAINERS_CONF=ENV["CONTAINERS_CONF"], **env))
+    assert run.returncode == 0, run.stdout[-3000:]
+    marked = next(m for m in offhost_manifests() if m["file"] == newest["file"])
+    assert marked["verification"] == "restored" and marked["restore_test"]["ok"] is True, marked
+    # Real systemd loads the units and schedules the timer (lab-new; only the timer is started
+    # there; both units are removed afterwards).
+    for unit in ("aiadmin-restore-test.service", "aiadmin-restore-test.timer"):
+        podman("cp", str(units / unit), f"{HOST}:/etc/systemd/system/")
+    try:
+        on_host("systemctl", "daemon-reload")
+        on_host("systemctl", "start", "aiadmin-restore-test.timer")
+        show = on_host("systemctl", "show", "aiadmin-restore-test.timer", "--property=TimersCalendar,Persistent").stdout
+        assert "Persistent=yes" in show and "Sun *-*-* 03:00:00" in show, show
+        nxt = on_host("systemctl", "list-timers", "aiadmin-restore-test.timer", "--no-pager").stdout
+        assert "Sun " in nxt, nxt
+    finally:
+        on_host("sh", "-c", "systemctl stop aiadmin-restore-test.timer;"
+                " rm -f /etc/systemd/system/aiadmin-restore-test.*; systemctl daemon-reload", check=False)
