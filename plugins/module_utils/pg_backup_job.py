@@ -87,6 +87,23 @@ def pgpass_line(params):
                                      params["password"] or "")) + "\n"
 
 
+def resolve_client(tool):
+    """The binary to run for a PostgreSQL client tool. Debian's C(pg_dump) and C(pg_restore) on
+    PATH are its Perl pg_wrapper, which for a remote server runs the newest installed major's
+    binary: resolve that once here (the same binary), so that no run pays the wrapper's ~50 ms
+    start four times. An explicit path, or anything that is not the wrapper, is kept as given."""
+    if os.sep in tool:
+        return tool
+    found = shutil.which(tool)
+    if not found or os.path.basename(os.path.realpath(found)) != "pg_wrapper":
+        return tool
+    majors = []
+    with contextlib.suppress(OSError):
+        majors = [int(d) for d in os.listdir("/usr/lib/postgresql") if d.isdigit()
+                  and os.access("/usr/lib/postgresql/%s/bin/%s" % (d, tool), os.X_OK)]
+    return "/usr/lib/postgresql/%d/bin/%s" % (max(majors), tool) if majors else tool
+
+
 def run_tool(argv, stage, timeout, env=None):
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
@@ -103,7 +120,8 @@ def run_tool(argv, stage, timeout, env=None):
 
 class Backup:
     def __init__(self, params, check_mode=False):
-        self.p = params
+        self.p = dict(params, pg_dump=resolve_client(params["pg_dump"]),
+                      pg_restore=resolve_client(params["pg_restore"]))
         self.check_mode = check_mode
         self.timings = {}
         self.work = None

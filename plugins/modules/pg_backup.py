@@ -30,24 +30,9 @@ description:
     records the failure (time, stage, message) in I(failure_file) for the health check.
   - Check mode connects and checks the versions and tables, writes nothing.
 version_added: "1.0.0"
+extends_documentation_fragment: [pg_connection]
 options:
-  host:
-    description: Database host name or address (verified against the certificate with verify-full).
-    type: str
-    required: true
-  hostaddr: {description: Numeric address to connect to, skipping name resolution., type: str}
-  port: {description: Database port., type: int, default: 5432}
-  database: {description: The database to dump., type: str, default: postgres, aliases: [dbname, login_db]}
-  user: {description: Database user., type: str, default: postgres, aliases: [login_user]}
-  password: {description: Its password (never logged)., type: str, aliases: [login_password]}
-  sslmode: {description: libpq sslmode., type: str, default: verify-full,
-            choices: [disable, allow, prefer, require, verify-ca, verify-full]}
-  ssl_rootcert: {description: The provider's CA certificate., type: path, aliases: [ca_cert]}
-  connect_timeout: {description: Seconds to wait for a connection., type: int, default: 10}
   application_name: {description: application_name of the module's sessions., type: str, default: aiadmin-ops-backup}
-  report_only: {description: Unused (accepted for the shared gate options)., type: bool, default: false}
-  driver: {description: PostgreSQL driver for the module's own session., type: str, default: auto,
-           choices: [auto, psycopg, psycopg2]}
   dest_dir:
     description: Directory the backups are kept in (created 0700 when missing).
     type: path

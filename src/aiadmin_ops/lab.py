@@ -26,6 +26,7 @@ IMAGE_REPO = "localhost/aiadmin-lab"
 BUILD_DIR = ROOT / "lab" / "build"
 STATE_DIR = ROOT / "lab" / "state"
 MIN_FREE_GIB = float(os.environ.get("AIADMIN_LAB_MIN_FREE_GIB", "4"))
+PG_PORTS = ("5432", "5433")  # lab-db's clusters: main (the lab's hosts) and molecule (the scenarios)
 
 # Debian releases the lab builds images for: tag -> debootstrap suite.
 SUITES = {"debian12": "bookworm", "debian13": "trixie"}
@@ -404,8 +405,10 @@ def status_data() -> dict:
             entry["systemd"] = podman("exec", ctr.name, "systemctl", "is-system-running",
                                       check=False).stdout.strip()
             if ctr.name == "lab-db":
-                pg = podman("exec", ctr.name, "pg_isready", "-q", check=False)
-                entry["postgresql"] = "accepting" if pg.returncode == 0 else "down"
+                # Both clusters (lab/configure.yml): main for the lab's hosts, molecule for Molecule.
+                down = [port for port in PG_PORTS
+                        if podman("exec", ctr.name, "pg_isready", "-q", "-p", port, check=False).returncode]
+                entry["postgresql"] = f"down (port {', '.join(down)})" if down else "accepting"
         data["containers"][ctr.name] = entry
     return data
 

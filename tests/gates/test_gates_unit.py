@@ -223,18 +223,33 @@ def test_documentation_matches_argument_spec(name):
     assert set(module.skeleton()) <= set(returned), set(module.skeleton()) - set(returned)
 
 
+def _documented_options(doc):
+    """The module's options with those of its doc fragments (plugins/doc_fragments/)."""
+    import yaml
+
+    options = {}
+    for fragment in doc.get('extends_documentation_fragment', []):
+        spec = importlib.util.spec_from_file_location(f'fragment_{fragment}', ROOT / 'plugins/doc_fragments' /
+                                                      f'{fragment}.py')
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        options.update(yaml.safe_load(loaded.ModuleDocFragment.DOCUMENTATION)['options'])
+    return {**options, **doc['options']}
+
+
 @pytest.mark.parametrize(('name', 'secret', 'returns'), [
     ('pg_backup', 'password', {'path', 'manifest', 'stage', 'timings_s'}),
     ('pg_restore_test', 'identity', {'ok', 'msg', 'stage', 'server_version', 'duration_s', 'row_counts', 'timings_s'}),
+    ('session_keys', 'password', {'level', 'expired', 'buckets', 'companies', 'deleted', 'would_delete', 'msg'}),
 ])
-def test_backup_module_documentation_matches_argument_spec(name, secret, returns):
+def test_db_module_documentation_matches_argument_spec(name, secret, returns):
     import yaml
 
     module = _load_module(name)
     doc = yaml.safe_load(module.DOCUMENTATION)
     assert doc['module'] == name
     spec = module.argument_spec()
-    _compare_options(doc['options'], spec)
+    _compare_options(_documented_options(doc), spec)
     assert spec[secret]['no_log'] is True
     yaml.safe_load(module.EXAMPLES)
     assert returns <= set(yaml.safe_load(module.RETURN))

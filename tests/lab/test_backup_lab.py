@@ -243,40 +243,71 @@ def test_pruned_copies_are_not_copied_again(backed_up):
     assert len(again) == 1 and again != kept, again
 
 
-def test_weekly_restore_timer_runs_the_restore_test(backed_up, tmp_path):
-    """`aiadmin-ops restore-timer` writes the weekly units (here into a scratch directory: this
-    controller runs no systemd); the service's own ExecStart and Environment, run as written,
-    restore-test the newest copy; the timer, loaded by real systemd on a lab host, is scheduled
-    for the next Sunday."""
+def unit_command(unit: Path) -> tuple[list[str], dict[str, str]]:
+    """A service's ExecStart argv and Environment, as written in the unit."""
+    text = unit.read_text()
+    env = dict(line.split("=", 2)[1:] for line in text.splitlines() if line.startswith("Environment="))
+    argv = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart=")).split()
+    return argv, env
+
+
+def run_unit_command(unit: Path) -> subprocess.CompletedProcess:
+    argv, env = unit_command(unit)
+    assert env == {"AIADMIN_STATE_DIR": str(STATE)}, env
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False,
+                          env=dict(os.environ, CONTAINERS_CONF=ENV["CONTAINERS_CONF"], **env))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc
+
+
+def test_controller_timers_fetch_the_hosts_sets_and_restore_test_them(backed_up, tmp_path):
+    """`aiadmin-ops backup-timers` writes the controller's units (here into a scratch directory:
+    this controller runs no systemd). A set the host's own timer service keeps is only on the
+    host until the fetch service's command, run as written, copies it off-host byte for byte;
+    the restore-test service's command then marks it restored. Real systemd on a lab host loads
+    the timers: the fetch 10 min after each hourly slot, the restore test on Sunday."""
     units = tmp_path / "units"
     units.mkdir()
-    proc = cli("restore-timer", "-e", f"backup_restore_timer_unit_dir={units}",
-               "-e", "backup_restore_timer_inventory=lab")
+    proc = cli("backup-timers", "-e", f"backup_controller_unit_dir={units}", "-e", "backup_controller_inventory=lab")
     assert proc.returncode == 0 and "verified" in proc.stdout, proc.stdout[-3000:]
-    service = (units / "aiadmin-restore-test.service").read_text()
-    assert cli("backup").returncode == 0
-    newest = offhost_manifests()[-1]
-    assert newest["verification"] != "restored", newest
-    env = {k: v for k, v in (line.split("=", 2)[1:] for line in service.splitlines()
-                             if line.startswith("Environment="))}
-    assert env == {"AIADMIN_STATE_DIR": str(STATE)}, env
-    argv = next(line.split("=", 1)[1] for line in service.splitlines() if line.startswith("ExecStart=")).split()
-    run = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False,
-                         env=dict(os.environ, CONTAINERS_CONF=ENV["CONTAINERS_CONF"], **env))
-    assert run.returncode == 0, run.stdout[-3000:]
-    marked = next(m for m in offhost_manifests() if m["file"] == newest["file"])
+    names = sorted(p.name for p in units.iterdir())
+    assert names == ["aiadmin-backup-fetch.service", "aiadmin-backup-fetch.timer",
+                     "aiadmin-restore-test.service", "aiadmin-restore-test.timer"], names
+    # A backup by the host's timer service: on the host, not yet off-host.
+    before = {m["file"] for m in offhost_manifests()}
+    on_host("systemctl", "start", "aiadmin-backup.service")
+    made = sorted(n for n in host_sets() if n.endswith(".dump.age") and n not in before)
+    assert len(made) == 1, made
+    # The fetch service's own command copies it, checksum verified, and nothing else changes.
+    run_unit_command(units / "aiadmin-backup-fetch.service")
+    copied = {m["file"]: m for m in offhost_manifests()}
+    assert made[0] in copied and set(copied) - before == {made[0]}, sorted(copied)
+    assert hashlib.sha256((OFFHOST / made[0]).read_bytes()).hexdigest() == host_sets()[made[0]] \
+        == copied[made[0]]["sha256"]
+    # Nothing new on the host: the fetch again copies nothing and changes no archive.
+    snapshot = digests(OFFHOST)
+    run_unit_command(units / "aiadmin-backup-fetch.service")
+    after = digests(OFFHOST)
+    assert set(after) <= set(snapshot), sorted(set(after) - set(snapshot))
+    assert all(snapshot[k] == v for k, v in after.items() if not k.endswith(".manifest.json"))
+    # The restore-test service's own command marks that newest copy restored.
+    run_unit_command(units / "aiadmin-restore-test.service")
+    marked = next(m for m in offhost_manifests() if m["file"] == made[0])
     assert marked["verification"] == "restored" and marked["restore_test"]["ok"] is True, marked
-    # Real systemd loads the units and schedules the timer (lab-new; only the timer is started
-    # there; both units are removed afterwards).
-    for unit in ("aiadmin-restore-test.service", "aiadmin-restore-test.timer"):
+    # Real systemd loads the units and schedules the timers (lab-new; only the timers are
+    # started there; the units are removed afterwards).
+    for unit in names:
         podman("cp", str(units / unit), f"{HOST}:/etc/systemd/system/")
     try:
         on_host("systemctl", "daemon-reload")
-        on_host("systemctl", "start", "aiadmin-restore-test.timer")
-        show = on_host("systemctl", "show", "aiadmin-restore-test.timer", "--property=TimersCalendar,Persistent").stdout
-        assert "Persistent=yes" in show and "Sun *-*-* 03:00:00" in show, show
-        nxt = on_host("systemctl", "list-timers", "aiadmin-restore-test.timer", "--no-pager").stdout
-        assert "Sun " in nxt, nxt
+        for timer, calendar, day in (("aiadmin-backup-fetch.timer", "*-*-* *:10:00", ""),
+                                     ("aiadmin-restore-test.timer", "Sun *-*-* 03:00:00", "Sun ")):
+            on_host("systemctl", "start", timer)
+            show = on_host("systemctl", "show", timer, "--property=TimersCalendar,Persistent").stdout
+            assert "Persistent=yes" in show and calendar in show, show
+            nxt = on_host("systemctl", "list-timers", timer, "--no-pager").stdout
+            assert timer in nxt and day in nxt, nxt
     finally:
-        on_host("sh", "-c", "systemctl stop aiadmin-restore-test.timer;"
-                " rm -f /etc/systemd/system/aiadmin-restore-test.*; systemctl daemon-reload", check=False)
+        on_host("sh", "-c", "systemctl stop aiadmin-backup-fetch.timer aiadmin-restore-test.timer;"
+                " rm -f /etc/systemd/system/aiadmin-backup-fetch.* /etc/systemd/system/aiadmin-restore-test.*;"
+                " systemctl daemon-reload", check=False)

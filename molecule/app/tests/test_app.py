@@ -26,6 +26,8 @@ PROCESSES = ["ai-admin-api", "ai-admin-worker-v2", "ai-admin-batch-processor", "
 COMPANY = "molecule-app"
 LOCK_CLASS = 0x41494144
 LAB_DB = "10.213.10.10"
+# lab-db's Molecule cluster (inventories/lab/group_vars/molecule.yml), not the lab's main one
+DB_PORT = 5433
 
 
 def lock_key(company: str) -> int:
@@ -57,7 +59,7 @@ def pm2_list(host) -> dict:
 
 
 def lab_db():
-    return psycopg.connect(host=LAB_DB, port=5432, dbname="ai_admin", user="ai_admin",
+    return psycopg.connect(host=LAB_DB, port=DB_PORT, dbname="ai_admin", user="ai_admin",
                            password=lab_vault()["vault_aiadmin_db_password"], sslmode="verify-full",
                            sslrootcert=str(ROOT / "lab/state/ca.crt"), connect_timeout=10)
 
@@ -147,7 +149,7 @@ def test_second_host_cannot_start_whatsapp(tmp_path):
         subprocess.run(["npm", "ci", "--omit=dev"], cwd=ROOT / "app", check=True)
     vault = lab_vault()
     env_file = tmp_path / ".env"
-    values = {"POSTGRES_HOST": LAB_DB, "POSTGRES_PORT": "5432", "POSTGRES_DATABASE": "ai_admin",
+    values = {"POSTGRES_HOST": LAB_DB, "POSTGRES_PORT": str(DB_PORT), "POSTGRES_DATABASE": "ai_admin",
               "POSTGRES_USER": "ai_admin", "POSTGRES_PASSWORD": vault["vault_aiadmin_db_password"],
               "POSTGRES_MAX_CONNECTIONS": "1", "PGSSLROOTCERT": str(ROOT / "lab/state/ca.crt"),
               "REDIS_PORT": "9", "COMPANY_ID": COMPANY, "AIADMIN_LOCK_WAIT_SECONDS": "3"}

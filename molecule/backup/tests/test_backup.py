@@ -36,6 +36,8 @@ TIMER = "aiadmin-backup.timer"
 PREFIX = "ai_admin"
 SET_SUFFIXES = (".dump.age", ".dump.age.sha256", ".manifest.json")
 DB_PRIVATE = "10.213.20.10"
+# lab-db's Molecule cluster (inventories/lab/group_vars/molecule.yml), not the lab's main one
+DB_PORT = 5433
 SEED = "LAB FAKE salon"  # lab/files/seed.sql: a value every dump of the lab database holds
 # An age identity (bech32, upper case). The prefix alone is in the age binary itself.
 IDENTITY_RE = "AGE-SECRET-KEY-1[0-9A-Z]{58}"
@@ -136,7 +138,7 @@ def test_pgpass_is_private_and_restored(host, name, vault):
     assert f.mode == 0o600 and f.user == USER and f.group == USER
     assert "molecule-wrong-password" not in f.content_string  # side_effect's fault, undone by the role
     # The job's own credentials work again: as its user, with its pgpass and CA, verify-full.
-    conninfo = (f"host={DB_PRIVATE} port=5432 dbname=ai_admin user=ai_admin sslmode=verify-full "
+    conninfo = (f"host={DB_PRIVATE} port={DB_PORT} dbname=ai_admin user=ai_admin sslmode=verify-full "
                 f"sslrootcert={CA} passfile={PGPASS} connect_timeout=5")
     query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
     res = host.run(f"runuser -u {USER} -- psql '{conninfo}' -w -Atc '{query}'")
@@ -210,7 +212,7 @@ def test_failed_run_recorded_at_connect(host):
     record = json.loads(host.file(f"{BACKUP_DIR}/last-failure.json").content_string)
     assert record["stage"] == "connect"
     assert record["msg"].startswith("pg_backup: connect failed: cannot connect to ")
-    assert f"{DB_PRIVATE}:5432/ai_admin as ai_admin" in record["msg"]
+    assert f"{DB_PRIVATE}:{DB_PORT}/ai_admin as ai_admin" in record["msg"]
     assert "password authentication failed" in record["msg"]
     assert record.get("invocation")  # recorded by the job itself, under systemd
 

@@ -16,6 +16,8 @@ from cryptography import x509
 INSTANCES = ['mol-base-d12', 'mol-base-d13']
 PROBE_FROM = 'lab-old'  # another lab container, public network only
 DB_PRIVATE = '10.213.20.10'
+# lab-db's Molecule cluster (inventories/lab/group_vars/molecule.yml), not the lab's main one
+DB_PORT = 5433
 LAB_STATE = pathlib.Path(os.environ.get('AIADMIN_LAB_STATE', PROJECT / 'lab/state'))
 
 
@@ -111,7 +113,7 @@ def test_ca_installed_with_pinned_checksum(host):
 
 
 def test_verify_full_connection_with_installed_ca(name, vault):
-    conninfo = (f'host={DB_PRIVATE} port=5432 dbname=ai_admin user=ai_admin '
+    conninfo = (f'host={DB_PRIVATE} port={DB_PORT} dbname=ai_admin user=ai_admin '
                 'sslmode=verify-full sslrootcert=/root/.cloud-certs/root.crt connect_timeout=5')
     res = podman_exec_env(name, ['psql', conninfo, '-Atc', 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'],
                           {'PGPASSWORD': vault['vault_aiadmin_db_password']})

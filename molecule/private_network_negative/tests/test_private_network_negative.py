@@ -15,7 +15,7 @@ FAULTS = {
     'ping': ('ping', r'no ping reply from 10\.213\.20\.10 via eth\d+ \(3 packets transmitted, 0 received'),
     # A refused port is told apart from one that does not answer.
     'tcp-refused': ('tcp', r'no TCP connection to 10\.213\.20\.10:5439 \(\S+ port 5439: Connection refused\)'),
-    'tcp-timeout': ('tcp', r'no TCP connection to 10\.213\.20\.10:5432 \(\S+ port 5432: timed out after 3\.0s'),
+    'tcp-timeout': ('tcp', r'no TCP connection to 10\.213\.20\.10:5433 \(\S+ port 5433: timed out after 3\.0s'),
     'query': ('query', r"failed at stage 'auth'.*lab_no_such_role"),
 }
 
