@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -40,3 +41,37 @@ def lab_running() -> bool:
 def file_mode(path: Path) -> int:
     """The permission bits of a file or directory."""
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def dotenv_text(values: dict) -> str:
+    """A .env written the way roles/app renders it (its dotenv_quote filter), for dotenv to read."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app_dotenv_filter", ROOT / "roles/app/filter_plugins/dotenv.py")
+    filters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(filters)
+    return "".join(f"{key}={filters.dotenv_quote(value, key)}\n" for key, value in values.items())
+
+
+@contextlib.contextmanager
+def redis_process(workdir: Path, port: int, password: str, extra_conf: str = ""):
+    """A throwaway redis-server on 127.0.0.1:port (no persistence) with requirepass, until exit."""
+    import socket
+    import time
+
+    quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+    conf = workdir / "redis.conf"
+    conf.write_text(f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\nrequirepass "{quoted}"\n'
+                    f"dir {workdir}\n{extra_conf}")
+    proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

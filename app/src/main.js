@@ -16,13 +16,15 @@
 // answers in-flight requests with `connection: close`, then waits for in-flight writes (at most
 // AIADMIN_SHUTDOWN_TIMEOUT_MS, 10000) before it closes the pools.
 // Test fixture: AIADMIN_DEMO_CRASH_ON_START=1 makes every role throw at start.
+// Settings: `.env` in the working directory, loaded with dotenv first thing, as the real app
+// does (the process environment wins over the file).
+require('dotenv').config();
 const fs = require('node:fs');
 const http = require('node:http');
 const net = require('node:net');
 const path = require('node:path');
 const { Pool, Client } = require('pg');
 const { createClient } = require('redis');
-const { loadEnvFile } = require('./env');
 const { HttpError, readBody, parseWebhook, MAX_BODY_BYTES } = require('./webhook');
 const { writeKeys, insertMessage, maxMessageId, processMessages } = require('./writes');
 
@@ -36,12 +38,7 @@ function parseRole(argv, env) {
 }
 
 function loadConfig(env) {
-  const file = env.AIADMIN_ENV_FILE || path.join(process.cwd(), '.env');
-  const fromFile = fs.existsSync(file) ? loadEnvFile(file) : {};
-  // dotenv semantics: the process environment wins over the file.
-  const cfg = { ...fromFile };
-  for (const [k, v] of Object.entries(env)) if (v !== undefined) cfg[k] = v;
-  return cfg;
+  return { ...env };
 }
 
 function int(value, fallback) {

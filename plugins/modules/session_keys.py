@@ -126,7 +126,7 @@ msg: {description: One line for the operator., type: str, returned: always}
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.module_start import start_module
 from ansible.module_utils.pg_gate import (
     GateError,
     check_range,
@@ -183,12 +183,8 @@ def summary(counts):
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module, started = start_module(argument_spec(), validate)
     params = module.params
-    started = time.monotonic()
-    errors = validate(params)
-    if errors:
-        module.fail_json(msg="invalid parameters: " + "; ".join(errors), duration_ms=0.0)
     conn = None
     try:
         conn = driver_connect(load_driver(params["driver"]), params)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import dotenv_text, redis_process
+
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -126,20 +128,8 @@ def postgres(workdir: Path, tls: dict):
 @pytest.fixture(scope="session")
 def redis_server(workdir: Path):
     port = free_port()
-    conf = workdir / "redis.conf"
-    quoted = REDIS_PASSWORD.replace("\\", "\\\\").replace('"', '\\"')
-    conf.write_text(f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\nrequirepass "{quoted}"\n'
-                    f"dir {workdir}\n")
-    proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield {"port": port, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=10)
+    with redis_process(workdir, port, REDIS_PASSWORD) as proc:
+        yield {"port": port, "proc": proc}
 
 
 LAB_DB = "ai_admin_lab"
@@ -176,10 +166,6 @@ def lab_db(postgres) -> str:
     return db_dsn(postgres, LAB_DB)
 
 
-def env_line(key: str, value: str) -> str:
-    """The role's quoting scheme (`KEY={{ value | to_json }}`) with Python's json."""
-    return f"{key}={json.dumps(value)}\n"
-
 
 @pytest.fixture
 def app_env(workdir: Path, postgres, redis_server, tls, request) -> dict:
@@ -203,12 +189,14 @@ def app_env(workdir: Path, postgres, redis_server, tls, request) -> dict:
 
 
 class AppProcess:
-    def __init__(self, role: str, values: dict, env_file: Path, extra_env: dict | None = None):
-        env_file.write_text("# test\n" + "".join(env_line(k, v) for k, v in values.items()))
-        env = {"PATH": os.environ["PATH"], "AIADMIN_ENV_FILE": str(env_file), **(extra_env or {})}
+    def __init__(self, role: str, values: dict, workdir: Path, extra_env: dict | None = None):
+        # The app reads .env from its working directory with dotenv, as PM2 runs it in its release.
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / ".env").write_text("# test\n" + dotenv_text(values))
+        env = {"PATH": os.environ["PATH"], **(extra_env or {})}
         self.role = role
         self.port = int(values["AIADMIN_API_PORT"])
-        self.proc = subprocess.Popen([NODE, str(APP / "src/main.js"), "--role", role], cwd=APP, env=env,
+        self.proc = subprocess.Popen([NODE, str(APP / "src/main.js"), "--role", role], cwd=workdir, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def get(self, path: str) -> tuple[int, dict]:
@@ -288,7 +276,7 @@ def start_app(workdir: Path, request):
     started: list[AppProcess] = []
 
     def _start(role: str, values: dict, extra_env: dict | None = None) -> AppProcess:
-        app = AppProcess(role, values, workdir / f"{request.node.name}-{len(started)}.env", extra_env)
+        app = AppProcess(role, values, workdir / f"{request.node.name}-{len(started)}", extra_env)
         started.append(app)
         return app
 
@@ -300,5 +288,7 @@ def start_app(workdir: Path, request):
 @pytest.fixture(scope="session")
 def node_modules() -> None:
     """The app's dependencies from its lockfile (npm ci), once."""
-    if not (APP / "node_modules/.package-lock.json").exists():
+    installed = APP / "node_modules/.package-lock.json"
+    wanted = {k for k in json.loads((APP / "package-lock.json").read_text())["packages"] if k}
+    if not installed.exists() or set(json.loads(installed.read_text())["packages"]) != wanted:
         subprocess.run(["npm", "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=APP, check=True)

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from tests.app.apptools import APP, DB_PASSWORD, NODE, SKIP, free_port
+from tests.helpers import dotenv_text
 
 pytestmark = [SKIP, pytest.mark.usefixtures("node_modules")]
 
@@ -116,29 +117,58 @@ def test_crash_on_start_flag(app_env, start_app):
     assert "built to crash at start" in app.output()
 
 
-@pytest.mark.parametrize("value", [DB_PASSWORD, "", " lead and trail ", "a=b==c", "#not a comment", "line\nbreak",
-                                   "ünïcødé ✓", "${HOME} $(id) `id`"])
-def test_env_parser_round_trip(value):
-    line = "K=" + json.dumps(value) + "\n"
-    script = "const {parseEnv}=require('./src/env');process.stdout.write(JSON.stringify(parseEnv(process.argv[1]).K))"
-    out = subprocess.run([NODE, "-e", script, "# c\n\n" + line], cwd=APP, capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == value
+HOSTILE = [DB_PASSWORD, "", " lead and trail ", "a=b==c", "#not a comment", "x # y", "line\nbreak", "cr\rhere",
+           "ünïcødé ✓ 日本", "${HOME} $(id) `id`", "'single'", '"double"', "both ' and \"", "`tick` and '",
+           "ends with backslash \\", "literal \\n and '", "\\", "tab\there", "  ", "=", "'", '"', "`",
+           "multi\nline 'q' \"d\"", "export X=1", "KEY=VALUE"]
+DOTENV_PARSE = "process.stdout.write(JSON.stringify(require('dotenv').parse(require('fs').readFileSync(0))))"
 
 
-def test_env_template_round_trips_lab_password(tmp_path):
-    """The role's own template, rendered by Ansible's Jinja with the lab vault password, parsed by the app."""
+def dotenv_parse(text: str) -> dict:
+    """The real dotenv 16 (the app's dependency) parsing text, as the app's config() does."""
+    out = subprocess.run([NODE, "-e", DOTENV_PARSE], input=text.encode(), cwd=APP, capture_output=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_every_hostile_value_reads_back_through_dotenv():
+    values = {f"K{n}": v for n, v in enumerate(HOSTILE)}
+    assert dotenv_parse("# c\n\n" + dotenv_text(values)) == values
+
+
+@pytest.mark.parametrize("value", ["all ' three ` \"", "cr\r and \"", "literal \\n with \" and ' and `"])
+def test_a_value_dotenv_cannot_carry_is_refused_naming_the_key_only(value):
+    import importlib.util
+
+    from ansible.errors import AnsibleFilterError
+
+    from tests.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("dotenv_filter", ROOT / "roles/app/filter_plugins/dotenv.py")
+    filters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(filters)
+    assert filters.dotenv_uncarried({"GOOD": "x'y", "BAD_ONE": value, "bad key": "v"}) == ["BAD_ONE", "bad key"]
+    with pytest.raises(AnsibleFilterError) as err:
+        filters.dotenv_quote(value, "BAD_ONE")
+    assert "BAD_ONE" in str(err.value) and value not in str(err.value)
+
+
+def test_env_template_round_trips_lab_secrets_through_dotenv():
+    """The role's own template, rendered by Ansible's Jinja (with the role's filter) with the lab
+    vault's secrets, parsed by the real dotenv."""
     from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import filter_loader
     from ansible.template import Templar, trust_as_template
 
     from tests.helpers import ROOT, lab_vault
 
-    secret = lab_vault()["vault_aiadmin_db_password"]
+    vault = lab_vault()
+    secret = vault["vault_aiadmin_db_password"]
     assert any(c in secret for c in "}|<?%$'\"#\\ ")
+    filter_loader.add_directory(str(ROOT / "roles/app/filter_plugins"))
     template = (ROOT / "roles/app/templates/env.j2").read_text()
-    values = {"POSTGRES_PASSWORD": secret, "NODE_ENV": "production", "SPACES": " x y "}
+    values = {k.removeprefix("vault_").upper(): str(v) for k, v in vault.items() if isinstance(v, (str, int))}
+    values.update(NODE_ENV="production", SPACES=" x y ")
     rendered = Templar(loader=DataLoader(), variables={
         "ansible_managed": "managed", "_app_env": values,
     }).template(trust_as_template(template))
-    script = "const {parseEnv}=require('./src/env');process.stdout.write(JSON.stringify(parseEnv(process.argv[1])))"
-    out = subprocess.run([NODE, "-e", script, rendered], cwd=APP, capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == values
+    assert dotenv_parse(rendered) == values

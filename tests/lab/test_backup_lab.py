@@ -275,9 +275,10 @@ def test_controller_timers_fetch_the_hosts_sets_and_restore_test_them(backed_up,
                      "aiadmin-restore-test.service", "aiadmin-restore-test.timer"], names
     # A backup by the host's timer service: on the host, not yet off-host.
     before = {m["file"] for m in offhost_manifests()}
+    on_host_before = set(host_sets())
     on_host("systemctl", "start", "aiadmin-backup.service")
-    made = sorted(n for n in host_sets() if n.endswith(".dump.age") and n not in before)
-    assert len(made) == 1, made
+    made = sorted(n for n in host_sets() if n.endswith(".dump.age") and n not in on_host_before)
+    assert len(made) == 1 and made[0] not in before, made
     # The fetch service's own command copies it, checksum verified, and nothing else changes.
     run_unit_command(units / "aiadmin-backup-fetch.service")
     copied = {m["file"]: m for m in offhost_manifests()}

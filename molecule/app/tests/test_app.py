@@ -16,7 +16,7 @@ import testinfra
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from tests.helpers import lab_vault  # noqa: E402
+from tests.helpers import dotenv_text, lab_vault  # noqa: E402
 
 INSTANCE = "mol-app-d12"
 APP_DIR = "/opt/ai-admin"
@@ -100,11 +100,11 @@ def test_releases_layout(host):
 def test_env_file(host):
     env = host.file(f"{APP_DIR}/shared/.env")
     assert env.user == "aiadmin" and env.group == "aiadmin" and env.mode == 0o600
-    values = {}
-    for line in env.content_string.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            values[key] = json.loads(value)
+    # Read back on the host by the release's own dotenv, from the release directory, as the app does.
+    out = host.run("cd %s/current && node -e %s", APP_DIR,
+                   "process.stdout.write(JSON.stringify(require('dotenv').parse(require('fs').readFileSync('.env'))))")
+    assert out.rc == 0, out.stderr
+    values = json.loads(out.stdout)
     assert values["POSTGRES_PASSWORD"] == lab_vault()["vault_aiadmin_db_password"]
     assert values["REDIS_PASSWORD"] == lab_vault()["vault_aiadmin_redis_password"]
     assert values["PGSSLROOTCERT"] == f"{APP_DIR}/shared/certs/root.crt"
@@ -148,15 +148,15 @@ def test_second_host_cannot_start_whatsapp(tmp_path):
     if not (ROOT / "app/node_modules/pg").is_dir():
         subprocess.run(["npm", "ci", "--omit=dev"], cwd=ROOT / "app", check=True)
     vault = lab_vault()
-    env_file = tmp_path / ".env"
+    env_file = tmp_path / ".env"  # read by dotenv from the working directory, as PM2 runs the app
     values = {"POSTGRES_HOST": LAB_DB, "POSTGRES_PORT": str(DB_PORT), "POSTGRES_DATABASE": "ai_admin",
               "POSTGRES_USER": "ai_admin", "POSTGRES_PASSWORD": vault["vault_aiadmin_db_password"],
               "POSTGRES_MAX_CONNECTIONS": "1", "PGSSLROOTCERT": str(ROOT / "lab/state/ca.crt"),
               "REDIS_PORT": "9", "COMPANY_ID": COMPANY, "AIADMIN_LOCK_WAIT_SECONDS": "3"}
-    env_file.write_text("".join(f"{k}={json.dumps(v)}\n" for k, v in values.items()))
+    env_file.write_text(dotenv_text(values))
     env_file.chmod(0o600)
     proc = subprocess.run(["node", str(ROOT / "app/src/main.js"), "--role", "baileys-whatsapp-service"],
-                          env={"PATH": os.environ["PATH"], "AIADMIN_ENV_FILE": str(env_file)},
+                          env={"PATH": os.environ["PATH"]}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "another host holds the WhatsApp session lock" in proc.stderr + proc.stdout
