@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from aiadmin_ops import lab, state
+from aiadmin_ops import lab, secrets, state
 from aiadmin_ops.runner import InventoryError  # the runner imports ansible_runner only when it runs
 
 ROOT = state.ROOT
@@ -89,8 +89,12 @@ def parse_extra(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise SystemExit(f"aiadmin-ops: error: -e expects KEY=VALUE, got {item!r}")
-        if key.startswith("vault_"):
-            raise SystemExit("aiadmin-ops: error: secrets come from the vault, never from the command line")
+        if key.startswith("vault_") or secrets.looks_secret(key):
+            raise SystemExit(f"aiadmin-ops: error: -e {key}: looks like a secret; secrets come from the vault, "
+                             "never from the command line")
+        if secrets.url_credentials(value):
+            raise SystemExit(f"aiadmin-ops: error: -e {key}: a URL with a password "
+                             f"({', '.join(secrets.url_credentials(value))}...); put it in the vault")
         if key in RESERVED_EXTRAVARS:
             raise SystemExit(f"aiadmin-ops: error: -e {key}: set by aiadmin-ops itself "
                              f"(the state directory comes from {state.STATE_ENV})")
@@ -103,6 +107,17 @@ def parse_extra(items: list[str]) -> dict[str, str]:
                 raise SystemExit(f"aiadmin-ops: error: -e {key}: invalid JSON: {exc}") from None
         out[key] = value
     return out
+
+
+def check_webhook(url: str | None) -> None:
+    """--webhook: an http(s) URL without a password in it (a URL that needs one is a secret: vault)."""
+    if url is None:
+        return
+    if not url.lower().startswith(("http://", "https://")):
+        raise SystemExit("aiadmin-ops: error: --webhook must be an http:// or https:// URL")
+    if secrets.url_credentials(url):
+        raise SystemExit("aiadmin-ops: error: --webhook carries a password; put that URL in the vault "
+                         "(migrate_webhook_url from a vault_ variable)")
 
 
 def is_lab(inventory: str) -> bool:
@@ -197,6 +212,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not inventory.exists():
         raise SystemExit(f"aiadmin-ops: error: inventory {args.inventory!r} not found ({inventory})")
     parse_extra(args.extra)  # a bad -e fails before anything is asked
+    check_webhook(getattr(args, "webhook", None))
     vids = vault_ids(args.inventory)
     if needs_confirm and not confirm(args.command, args):
         print("aiadmin-ops: not confirmed; nothing was done", file=sys.stderr)

@@ -1,7 +1,9 @@
 """Run a playbook through ansible-runner with live progress and a verdict.
 
-Runner hygiene: a private temporary data directory per run (removed afterwards),
-``suppress_env_files`` so no extra variable or password lands on disk, explicit timeouts,
+Runner hygiene: a private temporary data directory per run (removed afterwards), the extra
+variables in a 0600 file in it (``-e @file``, never on an argv ``ps`` shows), the environment
+only what the run needs (``secrets.run_environment``) and recorded masked,
+``suppress_env_files`` so no password lands on disk, explicit timeouts,
 artifact rotation, and no stdout capture of tasks marked ``no_log`` (Ansible censors them
 before they reach the event stream).
 
@@ -14,9 +16,11 @@ into the checkout.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from aiadmin_ops import state
+from aiadmin_ops import secrets, state
 
 ROOT = state.ROOT
 DEFAULT_TIMEOUT_S = 3 * 3600
@@ -52,6 +56,31 @@ def ansible_env(envvars: dict[str, str] | None = None) -> dict[str, str]:
     # The venv's ansible-* first, even when the venv is not activated.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return env
+
+
+@contextlib.contextmanager
+def run_environ(env: dict[str, str]):
+    """os.environ is exactly env while the block runs (the CLI runs one playbook at a time)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def mask_recorded_command(artifact_dir: Path) -> None:
+    """ansible-runner's record of the run (``command``: argv, cwd, environment), masked."""
+    path = artifact_dir / "command"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(record.get("env"), dict):
+        record["env"] = secrets.masked(record["env"])
+        state.write_private(path, json.dumps(record))
 
 
 def _venv_tool(name: str) -> str:
@@ -287,34 +316,40 @@ def run_playbook(
             on_event(event)
         return True
 
-    cmdline = []
+    artifact_root = state.private_dir(state.artifacts_dir() / Path(playbook).stem)
+    private = Path(tempfile.mkdtemp(prefix="aiadmin-runner-"))  # 0700, removed after the run
+    # Extra variables through a 0600 file (-e @file), never as JSON on ansible-playbook's argv.
+    extravars_file = private / "extravars.json"
+    state.write_private(extravars_file, json.dumps(extravars or {}))
+    cmdline = ["-e", f"@{extravars_file}"]
     for vid in vault_ids or []:
         cmdline += ["--vault-id", vid]
     if check:
         cmdline.append("--check")
-    artifact_root = state.private_dir(state.artifacts_dir() / Path(playbook).stem)
-    private = Path(tempfile.mkdtemp(prefix="aiadmin-runner-"))
-    env = ansible_env(envvars)
     started = time.time()
+    result = None
     try:
-        result = ansible_runner.run(
-            private_data_dir=str(private),
-            project_dir=str(ROOT),
-            artifact_dir=str(artifact_root),
-            rotate_artifacts=KEEP_ARTIFACTS,
-            playbook=str(ROOT / playbook),
-            inventory=str(ROOT / inventory),
-            extravars=extravars or {},
-            cmdline=" ".join(cmdline) or None,
-            limit=limit,
-            envvars=env,
-            suppress_env_files=True,
-            quiet=True,
-            timeout=timeout,
-            event_handler=handler,
-        )
+        # ansible-runner starts from os.environ: for the run it is only what the run needs.
+        with run_environ(secrets.run_environment(ansible_env(envvars))) as env:
+            result = ansible_runner.run(
+                private_data_dir=str(private),
+                project_dir=str(ROOT),
+                artifact_dir=str(artifact_root),
+                rotate_artifacts=KEEP_ARTIFACTS,
+                playbook=str(ROOT / playbook),
+                inventory=str(ROOT / inventory),
+                cmdline=shlex.join(cmdline),
+                limit=limit,
+                envvars=env,
+                suppress_env_files=True,
+                quiet=True,
+                timeout=timeout,
+                event_handler=handler,
+            )
     finally:
         shutil.rmtree(private, ignore_errors=True)
+        if result is not None:
+            mask_recorded_command(Path(result.config.artifact_dir))
     ended = time.time()
     return RunResult(
         playbook=playbook,

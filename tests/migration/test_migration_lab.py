@@ -355,15 +355,16 @@ def test_preflight_fault_stops_with_no_downtime(story, prepared, fault):
 
 
 def test_dump_that_does_not_restore_stops_before_any_change(story, prepared, tmp_path):
-    """The window's fresh dump is restore-tested before the deploy: with an age identity that is
-    not the one the dump is encrypted to (a throwaway key made here), the restore test fails and
-    the window stops in its backups phase; nothing changed, no outage."""
+    """The window's fresh dump is restore-tested before the deploy: encrypted to a throwaway
+    public key made here (the operator's identity in the vault cannot open it), the restore test
+    fails and the window stops in its backups phase; nothing changed, no outage. (A public key
+    on the command line is no secret; the CLI refuses an identity there.)"""
     key = tmp_path / "other.key"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    other = next(line for line in key.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    made = subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True, text=True)
+    other = made.stderr.split("Public key: ", 1)[1].split()[0]
     old_pids = pm2_pids("lab-old")
     with Monitor(prepared) as mon, WebhookWriter([OLD_URL, NEW_URL]) as writer:
-        proc, report = cli(*window("-e", f"migration_backup_age_identity={other}"))
+        proc, report = cli(*window("-e", f'migration_backup_age_recipients=["{other}"]'))
     assert proc.returncode != 0
     assert report["custom_stats"].get("migrate_failed_phase") == "backups", report["custom_stats"]
     assert "does not restore" in proc.stdout and "decrypt" in proc.stdout, proc.stdout[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -9,12 +10,15 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from aiadmin_ops import cli as cli_mod
-from aiadmin_ops import report, state
+from aiadmin_ops import report, secrets, state
 from aiadmin_ops.downtime import AnyProbe
 from aiadmin_ops.runner import InventoryError, inventory_probe_urls, run_playbook, split_phase
 from tests.helpers import ROOT, file_mode
@@ -99,6 +103,97 @@ def test_no_secret_in_artifacts_or_report(vaulted_vars, tmp_path):
     assert artifacts, "runner artifacts expected"
     haystacks += [p.read_text(errors="replace") for p in artifacts]
     assert not any(CANARY in h for h in haystacks)
+
+
+def test_the_operators_environment_is_neither_passed_nor_recorded(monkeypatch, tmp_path):
+    """Cloud keys and tokens in the operator's shell never reach the run or its record; what the
+    run needs is recorded masked (AWX-style); the operator's environment is back afterwards."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CANARY)
+    monkeypatch.setenv("GITHUB_TOKEN", CANARY)
+    monkeypatch.setenv("DATABASE_URL", f"postgres://app:{CANARY}@db.invalid/x")
+    monkeypatch.setenv("ANSIBLE_FIXTURE_TOKEN", CANARY)  # an allowed prefix, a secret name
+    monkeypatch.setenv("HTTPS_PROXY", f"http://proxyuser:{CANARY}@127.0.0.1:9")
+    result, out = run({})
+    assert result.ok, out
+    record = json.loads((Path(result.artifact_dir) / "command").read_text())
+    env = record["env"]
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "GITHUB_TOKEN" not in env and "DATABASE_URL" not in env
+    assert env["ANSIBLE_FIXTURE_TOKEN"] == secrets.MASK
+    assert env["HTTPS_PROXY"] == f"http://proxyuser:{secrets.MASK}@127.0.0.1:9"
+    assert env["PATH"] and env["ANSIBLE_CONFIG"]
+    data = report.build(result, "fixture")
+    json_path, html_path = report.write(data, tmp_path)
+    files = [p for p in Path(result.artifact_dir).rglob("*") if p.is_file()] + [json_path, html_path]
+    assert not [str(p) for p in files if CANARY in p.read_text(errors="replace")]
+    assert file_mode(Path(result.artifact_dir) / "command") == 0o600
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == CANARY  # the CLI's own environment is restored
+
+
+def test_extra_variables_never_appear_on_an_argv():
+    """Extra variables reach the playbook through a 0600 file, not as JSON on ansible-playbook's
+    command line: /proc is sampled while the run goes on."""
+    marker = "MARKER-extravar-8d1e"
+    seen, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    if b"phases.yml" in argv:
+                        seen.append(argv)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result, out = run({"fixture_marker": marker})
+    finally:
+        stop.set()
+        sampler.join()
+    assert result.ok and f"one {marker}" in out, out[-2000:]
+    assert seen, "the ansible-playbook process was never seen"
+    assert not [a for a in seen if marker.encode() in a], seen[:3]
+    assert all(b"-e @" in a for a in seen if b"ansible-playbook" in a)
+    assert not list(Path(tempfile.gettempdir()).glob("aiadmin-runner-*/extravars.json"))
+
+
+@pytest.mark.parametrize("key", ["db_password", "api_token", "client_secret", "aws_secret_access_key", "sentry_dsn",
+                                 "private_key", "ssh_key", "migration_backup_age_identity", "session_id",
+                                 "gemini_api_key", "x_auth"])
+def test_secret_looking_extra_variables_are_refused(key):
+    proc = cli("gates", "-e", f"{key}=x")
+    assert proc.returncode != 0 and f"-e {key}: looks like a secret" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("key", ["backup_controller_vault_password_file", "aiadmin_db_key_tables", "app_version",
+                                 "ssh_key_path", "keys_dir"])
+def test_places_and_plain_names_are_not_secrets(key):
+    assert not secrets.looks_secret(key)
+    assert cli_mod.parse_extra([f"{key}=x"]) == {key: "x"}
+
+
+def test_urls_with_a_password_are_refused_in_extra_variables_and_the_webhook():
+    proc = cli("gates", "-e", f"notify_url=https://bot:{CANARY}@hooks.invalid/x")
+    assert proc.returncode != 0 and "a URL with a password (https://bot@...)" in proc.stderr
+    assert CANARY not in proc.stderr + proc.stdout
+    proc = cli("migrate", "--check", "--webhook", f"https://bot:{CANARY}@hooks.invalid/x")
+    assert proc.returncode != 0 and "--webhook carries a password" in proc.stderr
+    assert CANARY not in proc.stderr + proc.stdout
+    proc = cli("migrate", "--check", "--webhook", "ftp://hooks.invalid/x")
+    assert proc.returncode != 0 and "http:// or https://" in proc.stderr
+
+
+def test_a_no_log_failure_is_not_repeated_by_the_rescue(vaulted_vars, tmp_path):
+    """A no_log task that fails with a secret in its message: the rescue's report of it
+    (failure_message) says it is hidden; no output, report or artifact holds the secret."""
+    result, out = run({"fixture_secret_fail": True, "fixture_secret_in_msg": "{{ vault_fixture_canary }}"},
+                      vaulted=vaulted_vars)
+    assert not result.ok
+    assert "the failed task is no_log: its message is not repeated" in out, out[-2000:]
+    json_path, html_path = report.write(report.build(result, "fixture"), tmp_path)
+    files = [p for p in Path(result.artifact_dir).rglob("*") if p.is_file()] + [json_path, html_path]
+    assert CANARY not in out and not [str(p) for p in files if CANARY in p.read_text(errors="replace")]
 
 
 def test_report_html_and_json(tmp_path):
