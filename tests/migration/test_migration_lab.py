@@ -409,7 +409,13 @@ def test_window_with_writes_nothing_to_do_then_rollback(story, prepared):
     backups = Path(book["backups"])
     assert STATE in backups.parents and ROOT not in backups.parents
     sums = (backups / "SHA256SUMS").read_text()
-    assert ".dump.age" in sums and ".env" in sums and "config.json" in sums
+    assert ".dump.age" in sums and ".env.age" in sums and "config.json.age" in sums
+    # Nothing in plain on the controller: every copy is age-encrypted (the manifest and sidecars
+    # hold checksums and counts only).
+    plain = [p.name for p in backups.iterdir() if not p.name.endswith((".age", ".manifest.json", ".sha256"))
+             and p.name != "SHA256SUMS"]
+    assert plain == [] and all(p.read_bytes().startswith(b"age-encryption.org/v1")
+                               for p in backups.glob("*.age")), plain
     assert book["dump_verification"] == "restored" and book["dump_row_counts"]["public.clients"] == 1300
     assert oct(backups.stat().st_mode & 0o777) == "0o700"
     written = assert_writes(writer, story, OLD_URL, book["old_stopped_at"])
@@ -644,13 +650,24 @@ def test_window_decommission_then_rollback_refused_without_outage(story, prepare
             == "disabled"
         assert podman("exec", old, "test", "-e", "/opt/ai-admin/shared/.env", check=False).returncode == 1
         assert podman("exec", old, "test", "-f", "/etc/aiadmin-ops/decommissioned", check=False).returncode == 0
-        listing = podman("exec", old, "sh", "-c", "stat -c '%a %U %n' /root/aiadmin-decommission/env-*.tar.gz").stdout
+        listing = podman("exec", old, "sh", "-c", "stat -c '%a %U %n' /root/aiadmin-decommission/env-*.env.age").stdout
         mode, owner, archive = listing.split()
         assert (mode, owner) == ("600", "root")
         remote_sum = podman("exec", old, "sha256sum", archive).stdout.split()[0]
         local = STATE / "backups/decommission-lab-old" / Path(archive).name
         assert oct(local.stat().st_mode & 0o777) == "0o600"
         assert hashlib.sha256(local.read_bytes()).hexdigest() == remote_sum
+        # Encrypted, and the operator's identity (vault) opens it: the old host's .env.
+        assert local.read_bytes().startswith(b"age-encryption.org/v1")
+        identity = STATE / "decommission-test.key"
+        identity.write_text(prepared["vault_aiadmin_backup_age_identity"] + "\n")
+        identity.chmod(0o600)
+        try:
+            env_text = subprocess.run(["age", "--decrypt", "-i", str(identity), str(local)], capture_output=True,
+                                      text=True, check=True).stdout
+        finally:
+            identity.unlink()
+        assert "POSTGRES_PASSWORD=" in env_text and prepared["vault_aiadmin_db_password"] in env_text
         assert where_app_runs(story)["holder"] == [NEW], "the new host must keep serving"
         mon.assert_single_writer()
 
