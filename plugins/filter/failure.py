@@ -3,7 +3,9 @@
 """`ansible_failed_result | failure_message(500)`: the message of a failed task for the rescue's
 records (stdout, reports, the ledger, notifications). A task marked no_log keeps its result out of
 the output, but a rescue still sees it in ansible_failed_result (its msg can quote a password or a
-URL with a token): then only the fact that it is hidden is given."""
+URL with a token): then only its `summary` is given when it has one (the gate modules return it,
+documented to name no secret: their tasks are no_log only for the password they are passed),
+else the fact that it is hidden."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ def failure_message(result, limit=500):
     if not isinstance(result, dict):
         return ""
     if result.get("_ansible_no_log"):
-        return HIDDEN
+        summary = result.get("summary")
+        return str(summary)[: int(limit)] if isinstance(summary, str) and summary else HIDDEN
     text = result.get("msg") or result.get("stderr") or ""
     return str(text)[: int(limit)]
 

@@ -271,7 +271,7 @@ class Progress:
             if phase == "main" and self.phases:
                 phase = self.phases[-1].name
             res = data.get("res") or {}
-            msg = str(res.get("msg") or res.get("reason") or res.get("stderr") or "failed")[:400]
+            msg = str(res.get("msg") or res.get("reason") or res.get("stderr") or "failed")[:1500]
             self.failures.append({"phase": phase, "task": what, "host": data.get("host", ""), "msg": msg})
             if self.phases:
                 self.phases[-1].failed = True
