@@ -129,7 +129,7 @@ def test_the_operators_environment_is_neither_passed_nor_recorded(monkeypatch, t
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == CANARY  # the CLI's own environment is restored
 
 
-def test_extra_variables_never_appear_on_an_argv():
+def test_extra_variables_never_appear_on_an_argv(monkeypatch):
     """Extra variables reach the playbook through a 0600 file, not as JSON on ansible-playbook's
     command line: /proc is sampled while the run goes on."""
     marker = "MARKER-extravar-8d1e"
@@ -144,6 +144,16 @@ def test_extra_variables_never_appear_on_an_argv():
                         seen.append(argv)
             time.sleep(0.01)
 
+    from aiadmin_ops import runner
+
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(runner.tempfile, "mkdtemp", mkdtemp)
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
@@ -155,7 +165,7 @@ def test_extra_variables_never_appear_on_an_argv():
     assert seen, "the ansible-playbook process was never seen"
     assert not [a for a in seen if marker.encode() in a], seen[:3]
     assert all(b"-e @" in a for a in seen if b"ansible-playbook" in a)
-    assert not list(Path(tempfile.gettempdir()).glob("aiadmin-runner-*/extravars.json"))
+    assert made and not [d for d in made if Path(d).exists()], made  # this run's private directory is gone
 
 
 @pytest.mark.parametrize("key", ["db_password", "api_token", "client_secret", "aws_secret_access_key", "sentry_dsn",
