@@ -54,7 +54,7 @@ lab-status: venv ## Show what the lab has and whether it is healthy
 	@$(BIN)/aiadmin-ops lab status
 
 lab-smoke: lab-up ## Prove the lab's networks, TLS and systemd with real connections
-	@$(BIN)/pytest -q -m 'lab and not window' tests/lab
+	@$(BIN)/pytest -q -m 'lab and not window and not dr' tests/lab
 
 molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose, MOLECULE_JOBS side by side)
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
@@ -63,6 +63,7 @@ molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose, MOLEC
 test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, the window on the lab, Molecule
 	@$(MAKE) --no-print-directory -j2 ci-static ci-lab
 	@AIADMIN_SKIP_PREPARE=1 $(STAGE) window-tests $(BIN)/pytest -q -m window --durations=0
+	@$(STAGE) dr-tests $(BIN)/pytest -q -m dr --durations=0
 	@$(MAKE) --no-print-directory molecule
 
 # Internal to `test`, side by side: what needs no lab (lint, pytest on loopback), and the lab
@@ -77,7 +78,7 @@ ci-static:
 ci-lab:
 	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
 	@$(STAGE) lab-quiet $(BIN)/ansible-playbook $(LAB_VAULT) -i inventories/lab/hosts.yml lab/story-reset.yml -e lab_reset_start_old=false
-	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window'
+	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window and not dr'
 	@DEMO_LAB_READY=1 $(STAGE) window-prepare scripts/demo --prepare
 
 demo: deps venv ## The main job on the lab: lab up, old host serving, new host provisioned, the window, the report
@@ -86,6 +87,10 @@ demo: deps venv ## The main job on the lab: lab up, old host serving, new host p
 window-tests: deps venv ## The migration-window tests on the lab (prepares the story first)
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
 	@$(BIN)/pytest -q -m window
+
+dr-tests: deps venv ## The disaster-recovery tests on the lab (they destroy lab-new and rebuild it)
+	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
+	@$(BIN)/pytest -q -m dr
 
 clean: ## Remove local caches (not the lab)
 	rm -rf .pytest_cache .ruff_cache

@@ -118,6 +118,15 @@ def run_tool(argv, stage, timeout, env=None):
     return proc.stdout
 
 
+def timed_call(timings, stage, fn, *args):
+    """fn(*args), its wall time in seconds recorded as timings[stage] (also when it raises)."""
+    started = time.monotonic()
+    try:
+        return fn(*args)
+    finally:
+        timings[stage] = round(time.monotonic() - started, 3)
+
+
 class Backup:
     def __init__(self, params, check_mode=False):
         self.p = dict(params, pg_dump=resolve_client(params["pg_dump"]),
@@ -128,11 +137,7 @@ class Backup:
         self.conn = None
 
     def timed(self, stage, fn, *args):
-        started = time.monotonic()
-        try:
-            return fn(*args)
-        finally:
-            self.timings[stage] = round(time.monotonic() - started, 3)
+        return timed_call(self.timings, stage, fn, *args)
 
     def connect(self):
         driver = load_driver(self.p["driver"])

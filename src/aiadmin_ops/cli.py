@@ -41,6 +41,8 @@ PLAYBOOKS = {
                      False),
     "backup-timers": ("playbooks/backup_timers.yml", "this controller's timers: backup-fetch, the weekly restore-test",
                       False),
+    "dr-rebuild": ("playbooks/dr_rebuild.yml", "disaster recovery: rebuild a lost app host on a bare machine from the "
+                   "verified backups (--check: the plan)", True),
     "unlock": ("playbooks/unlock.yml", "clear the run lock a dead run left on the hosts (--check: show holders)",
                True),
 }
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--probe-url", action="append", default=[],
                            help="health URL to poll through the cutover (repeatable; any healthy = up)")
             p.add_argument("--webhook", help="notification URL for start, end and rollback")
+        if name.startswith("dr-"):
+            p.add_argument("--host", help="the app host (inventory name) to recover (default: the new host)")
         if name == "unlock":
             p.add_argument("--force", action="store_true",
                            help="remove the lock whoever holds it (default: only a holder proven dead)")
@@ -198,6 +202,8 @@ def build_extravars(args: argparse.Namespace, run: dict | None = None) -> dict:
         extravars["migrate_ledger_path"] = str(ledger_path("migrate", args.inventory))
     if command == "unlock":
         extravars["unlock_force"] = bool(getattr(args, "force", False))
+    if getattr(args, "host", None):
+        extravars["dr_host"] = args.host
     if getattr(args, "webhook", None):
         extravars["migrate_webhook_url"] = args.webhook
     return extravars
