@@ -13,7 +13,7 @@ which leaves its database sessions and session lock dangling on lab-db (no TCP k
 - `dr-rebuild --yes` rebuilds it: every process online, /health healthy with the release that
   served, the WhatsApp auth rows intact, the session lock held from lab-new's address only, the
   restored .env byte for byte the backed-up one, the RTO and the phases in the report;
-- a second run changes nothing.
+- a second run changes nothing, and neither does one while lab-old does not answer.
 
 The tests run in file order and share the story (one destroyed host). `make test` runs them after
 the window tests (they need the provisioned lab-old and lab-new the window story leaves) and
@@ -270,3 +270,16 @@ def test_second_run_changes_nothing(lost, vault):
     assert pm2_pids(HOST) == pids and on_host("stat", "-c", "%Y", ENV_FILE).stdout == mtime
     assert holders(vault) == [NEW]
     assert all(s.get("changed", 0) == 0 for h, s in report["stats"].items() if h == HOST), report["stats"]
+
+
+def test_the_other_host_not_answering_is_the_normal_case(lost, vault):
+    """lab-old paused (it does not answer): the run reads what it can and goes on (here: nothing to do)."""
+    podman("pause", OLD_HOST)
+    try:
+        proc, report = cli("dr-rebuild", "--yes")
+    finally:
+        podman("unpause", OLD_HOST)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "lab-old does not answer (the normal case for a lost host)" in proc.stdout
+    assert "NOTHING TO DO" in proc.stdout and report["verdict"] == "succeeded"
+    assert holders(vault) == [NEW]

@@ -323,6 +323,17 @@ def test_unlock_extravars(state_root):
     assert "unlock_confirmed" not in check and check["unlock_force"] is False
 
 
+def test_dr_rebuild_extravars(state_root):
+    ev = extravars_for("dr-rebuild", "--yes", "--host", "lab-old")
+    assert ev["dr_rebuild_confirmed"] is True and ev["dr_host"] == "lab-old"
+    assert ev["dr_rebuild_ledger_path"] == str(state_root / "ledger" / f"dr-rebuild-{state.identity('lab')}.json")
+    plan = extravars_for("dr-rebuild", "--check")
+    assert "dr_rebuild_confirmed" not in plan and "dr_host" not in plan
+    assert cli_mod.PLAYBOOKS["dr-rebuild"][0] == "playbooks/dr_rebuild.yml" and cli_mod.PLAYBOOKS["dr-rebuild"][2]
+    with pytest.raises(SystemExit):  # --host belongs to the disaster-recovery commands only
+        extravars_for("migrate", "--yes", "--host", "lab-old")
+
+
 @pytest.mark.parametrize("key", ["aiadmin_run", "aiadmin_state_dir"])
 def test_the_cli_own_extravars_cannot_be_overridden(key):
     with pytest.raises(SystemExit, match="set by aiadmin-ops itself"):
