@@ -1,8 +1,9 @@
 """Disaster recovery of a lost app host on the lab, through the operator CLI (aiadmin-ops dr-rebuild).
 
 The story: lab-new serves alone (every process online, the WhatsApp session lock held from its
-address), its configuration is backed up (playbooks/backup_config.yml: the .env and the Xray
-config, encrypted with age on the controller, verified). Then lab-new is lost: `podman rm -f`,
+address), its configuration is backed up (playbooks/backup_config.yml, the .env and the Xray
+config, encrypted with age on the controller, verified: `aiadmin-ops backup`, then
+`backup-fetch` confirming the same set). Then lab-new is lost: `podman rm -f`,
 which leaves its database sessions and session lock dangling on lab-db (no TCP keepalive), and
 `aiadmin-ops lab up` recreates it bare from the image at the same addresses. On that bare host:
 
@@ -149,8 +150,15 @@ def lost(lab, vault):
     play("playbooks/deploy.yml", "-e", "deploy_hosts=new")
     assert health()["status"] == "healthy"
     wait_for(lambda: holders(vault) == [NEW], 60, "the session lock held from lab-new")
-    play("playbooks/backup_config.yml")
+    # The operator's backup (the database set, then the serving host's configuration), then the
+    # controller's timer job, which finds the configuration unchanged and confirms the same set.
+    proc, _ = cli("backup")
+    assert proc.returncode == 0, proc.stdout[-3000:]
     manifest = newest_manifest()
+    proc, _ = cli("backup-fetch")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert newest_manifest()["id"] == manifest["id"] and newest_manifest()["confirmed"] >= manifest["confirmed"]
+    assert len(list(STORE.glob("*.manifest.json"))) == 1
     env_before = on_host("sha256sum", ENV_FILE).stdout.split()[0]
     before = {"auth": auth_rows(vault), "release": health()["release"], "manifest": manifest, "env": env_before}
     assert manifest["release"] == before["release"] and manifest["serving"] is True
