@@ -60,7 +60,7 @@ molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose, MOLEC
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
 	@printf '%s\n' $(SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-scenario {}
 
-test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, the window on the lab, Molecule
+test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, the window and disaster recovery on the lab, Molecule
 	@$(MAKE) --no-print-directory -j2 ci-static ci-lab
 	@AIADMIN_SKIP_PREPARE=1 $(STAGE) window-tests $(BIN)/pytest -q -m window --durations=0
 	@$(STAGE) dr-tests $(BIN)/pytest -q -m dr --durations=0
