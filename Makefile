@@ -54,17 +54,18 @@ lab-status: venv ## Show what the lab has and whether it is healthy
 	@$(BIN)/aiadmin-ops lab status
 
 lab-smoke: lab-up ## Prove the lab's networks, TLS and systemd with real connections
-	@$(BIN)/pytest -q -m 'lab and not window and not dr' tests/lab
+	@$(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db' tests/lab
 
 molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose, MOLECULE_JOBS side by side)
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
 	@printf '%s\n' $(SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-scenario {}
 
-test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, the window and disaster recovery on the lab, Molecule
+test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, the window and host recovery on the lab, Molecule, database recovery
 	@$(MAKE) --no-print-directory -j2 ci-static ci-lab
 	@AIADMIN_SKIP_PREPARE=1 $(STAGE) window-tests $(BIN)/pytest -q -m window --durations=0
 	@$(STAGE) dr-tests $(BIN)/pytest -q -m dr --durations=0
 	@$(MAKE) --no-print-directory molecule
+	@$(STAGE) dr-db-tests $(BIN)/pytest -q -m dr_db --durations=0
 
 # Internal to `test`, side by side: what needs no lab (lint, pytest on loopback), and the lab
 # made quiet (no app running, whatever `make demo` or a benchmark left: the gates' pool
@@ -78,7 +79,7 @@ ci-static:
 ci-lab:
 	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
 	@$(STAGE) lab-quiet $(BIN)/ansible-playbook $(LAB_VAULT) -i inventories/lab/hosts.yml lab/story-reset.yml -e lab_reset_start_old=false
-	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window and not dr'
+	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db'
 	@DEMO_LAB_READY=1 $(STAGE) window-prepare scripts/demo --prepare
 
 demo: deps venv ## The main job on the lab: lab up, old host serving, new host provisioned, the window, the report
@@ -88,9 +89,10 @@ window-tests: deps venv ## The migration-window tests on the lab (prepares the s
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
 	@$(BIN)/pytest -q -m window
 
-dr-tests: deps venv ## The disaster-recovery tests on the lab (they destroy lab-new and rebuild it)
+dr-tests: deps venv ## The disaster-recovery tests on the lab (they destroy lab-new, then lab-db, and recover)
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
 	@$(BIN)/pytest -q -m dr
+	@$(BIN)/pytest -q -m dr_db
 
 clean: ## Remove local caches (not the lab)
 	rm -rf .pytest_cache .ruff_cache

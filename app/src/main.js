@@ -322,8 +322,11 @@ class App {
   // POST /webhook {"id", "phone", "body"} -> one row in messages. Stand-in: the row's `body` is
   // the webhook's message id, exactly as given (no schema change; a probe finds its write by id
   // with `WHERE body = <id>`); the text is validated but not stored. 201 only once the INSERT has
-  // committed: an acknowledged write is durable. A database error is 503 and acknowledges nothing
-  // (the row may still exist if the commit outran the error, e.g. a client-side query timeout).
+  // committed: an acknowledged write is durable. The acknowledgement is logged after the commit,
+  // one line per write (`webhook: acknowledged message <row> (<id>)`): disaster recovery counts the
+  // acknowledged writes a restored database lacks from these lines (the acked_writes module).
+  // A database error is 503 and acknowledges nothing (the row may still exist if the commit
+  // outran the error, e.g. a client-side query timeout).
   async webhook(req, res) {
     let msg;
     try {
@@ -341,6 +344,7 @@ class App {
       return this.send(res, 503, { stored: false, id: msg.id, error: `database: ${err.message}` });
     }
     this.succeeded('webhook');
+    this.log(`webhook: acknowledged message ${row} (${msg.id})`);
     const n = Number(row);
     return this.send(res, 201, { stored: true, id: msg.id, message_row: Number.isSafeInteger(n) ? n : row });
   }

@@ -11,7 +11,7 @@ options:
     description: Database host name or address (verified against the certificate with verify-full).
     type: str
     required: true
-  hostaddr: {description: Numeric address to connect to, skipping name resolution., type: str}
+  hostaddr: {description: "Numeric address to connect to, skipping name resolution.", type: str}
   port: {description: Database port., type: int, default: 5432}
   database: {description: The database., type: str, default: postgres, aliases: [dbname, login_db]}
   user: {description: Database user., type: str, default: postgres, aliases: [login_user]}

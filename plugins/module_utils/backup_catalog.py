@@ -1,8 +1,8 @@
 # Copyright: aiadmin-ops contributors
 # SPDX-License-Identifier: MIT
-"""The backups of one store, as pg_backup_job.py keeps them: status (health), verify (checksums) and prune
-(retention by backup_retention.py). The logic of the backup_catalog module (plugins/modules/backup_catalog.py
-documents it).
+"""The backups of one store, as pg_backup_job.py keeps them: status (health), verify (checksums), prune
+(retention by backup_retention.py) and extract (one verified backup decrypted, for a restore). The logic of the
+backup_catalog module (plugins/modules/backup_catalog.py documents it).
 
 A backup is `<prefix>-<YYYYmmddTHHMMSSZ>.manifest.json` with its `.dump.age` and `.dump.age.sha256`. A manifest that
 does not parse, or whose dump is missing, is a problem and counts as failed. A dump without a manifest (an orphan) is
@@ -18,20 +18,22 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 
 try:
     from ansible.module_utils.backup_retention import Backup, Policy, decide_retention, plan_text
-    from ansible.module_utils.pg_backup_job import fsync_path, sha256_of, write_atomic
+    from ansible.module_utils.pg_backup_job import BackupError, fsync_path, run_tool, sha256_of, write_atomic
 except ImportError:  # on the host, beside the backup job (roles/backup installs these files side by side)
     from backup_retention import Backup, Policy, decide_retention, plan_text
-    from pg_backup_job import fsync_path, sha256_of, write_atomic
+    from pg_backup_job import BackupError, fsync_path, run_tool, sha256_of, write_atomic
 
-STATES = ("status", "verify", "prune")
+STATES = ("status", "verify", "prune", "extract")
 VERIFIED = ("toc", "restored")
 FAILURE_FILE = "last-failure.json"
 PARTIAL_MAX_AGE = datetime.timedelta(days=1)
 POLICY_DEFAULTS = {"hourly": 24, "daily": 30, "weekly": 8, "monthly": 12, "keep_min": 3}
 UTC = datetime.timezone.utc
+DECRYPT_TIMEOUT_S = 3600
 
 
 class CatalogError(Exception):
@@ -124,6 +126,22 @@ def read_sidecar(entry):
     return fields[0].lower()
 
 
+def checksum_errors(entry):
+    """(sha256 of the dump, problems): the dump against its manifest's sha256 and its sidecar, no problem when
+    both match; OSError when the dump cannot be read. What verify and extract both judge a dump by."""
+    actual = sha256_of(entry.dump)
+    errors = []
+    if actual != entry.manifest.get("sha256"):
+        errors.append("sha256 of %s is %s, the manifest says %s" % (
+            os.path.basename(entry.dump), actual, entry.manifest.get("sha256")))
+    try:
+        if read_sidecar(entry) != actual:
+            errors.append("sha256 of %s is %s, the sidecar says otherwise" % (os.path.basename(entry.dump), actual))
+    except ValueError as exc:
+        errors.append(str(exc))
+    return actual, errors
+
+
 def last_failure(store, entries):
     """The newest failure record: last-failure.json or a failed manifest's "failure", with its source."""
     records = []
@@ -179,20 +197,11 @@ def verify(store, prefix, now, check_mode):
             results.append({"id": e.id, "ok": False, "verification": "failed", "changed": False, "msg": e.problem})
             continue
         try:
-            actual = sha256_of(e.dump)
+            _actual, errors = checksum_errors(e)
         except OSError as exc:
             results.append({"id": e.id, "ok": False, "verification": e.verification, "changed": False,
                             "msg": "cannot read %s: %s" % (os.path.basename(e.dump), exc)})
             continue
-        errors = []
-        if actual != e.manifest.get("sha256"):
-            errors.append("sha256 of %s is %s, the manifest says %s" % (
-                os.path.basename(e.dump), actual, e.manifest.get("sha256")))
-        try:
-            if read_sidecar(e) != actual:
-                errors.append("sha256 of %s is %s, the sidecar says otherwise" % (os.path.basename(e.dump), actual))
-        except ValueError as exc:
-            errors.append(str(exc))
         row = {"id": e.id, "ok": not errors, "verification": e.verification, "changed": False,
                "msg": "; ".join(errors) or "checksum ok"}
         old = e.manifest.get("failure") or {}
@@ -251,6 +260,92 @@ def prune(store, prefix, policy, now, check_mode):
             "problems": problems, "msg": msg}
 
 
+def choose(entries, backup_id):
+    """The backup to extract: `backup_id`, which must be sound and verified, or the newest verified one."""
+    if not backup_id:
+        verified = [e for e in entries if e.verification in VERIFIED]
+        if not verified:
+            raise CatalogError("no verified backup to extract (%d in the store, none with verification %s)" % (
+                len(entries), " or ".join(VERIFIED)))
+        return verified[0]
+    entry = next((e for e in entries if e.id == backup_id), None)
+    if entry is None:
+        raise CatalogError("backup %s is not in the store" % backup_id)
+    if entry.problem:
+        raise CatalogError("backup %s is unusable: %s" % (backup_id, entry.problem))
+    if entry.verification not in VERIFIED:
+        raise CatalogError("backup %s is not verified (its verification is %s, not %s)" % (
+            backup_id, entry.verification, " or ".join(VERIFIED)))
+    return entry
+
+
+def decrypt_to(entry, params, dest):
+    """The dump decrypted by age to `dest` (0600, written to a temp name beside it and renamed), its sha256
+    checked against the manifest's plaintext_sha256; nothing is left at the temp name or `dest` on failure."""
+    try:  # only here: the host's copy of this file (beside the backup job) never extracts
+        from ansible.module_utils.config_backup import Identity
+    except ImportError:
+        from config_backup import Identity
+    fd, tmp = tempfile.mkstemp(prefix=".%s.tmp-" % os.path.basename(dest), dir=os.path.dirname(dest))  # 0600
+    os.close(fd)
+    try:
+        with Identity(params["identity"]) as identity:  # a 0600 file of a private dir: never on argv or in env
+            run_tool([params.get("age") or "age", "--decrypt", "-i", identity, "-o", tmp, entry.dump], "decrypt",
+                     DECRYPT_TIMEOUT_S)
+        os.chmod(tmp, 0o600)
+        actual, expected = sha256_of(tmp), entry.manifest.get("plaintext_sha256")
+        if actual != expected:
+            raise CatalogError("backup %s: the decrypted archive's sha256 is %s, the manifest's plaintext_sha256 is "
+                               "%s; nothing written" % (entry.id, actual, expected))
+        fsync_path(tmp)
+        os.rename(tmp, dest)
+        fsync_path(os.path.dirname(dest))
+    except BackupError as exc:
+        raise CatalogError("backup %s: %s failed: %s; nothing written" % (entry.id, exc.stage, exc)) from exc
+    except OSError as exc:
+        raise CatalogError("backup %s: cannot write %s: %s" % (entry.id, dest, exc)) from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def extract(store, prefix, params, now, check_mode):
+    entries, problems = scan(store, prefix)
+    entry = choose(entries, params.get("backup_id"))
+    age = now - entry.started
+    limit = params.get("max_age_hours") or 0
+    if limit and age > datetime.timedelta(hours=limit):
+        raise CatalogError("backup %s is %.1f h old, the limit is %d h" % (entry.id, age.total_seconds() / 3600,
+                                                                          limit))
+    try:
+        actual, errors = checksum_errors(entry)
+    except OSError as exc:
+        raise CatalogError("backup %s: cannot read %s: %s" % (entry.id, os.path.basename(entry.dump), exc)) from exc
+    if errors:
+        raise CatalogError("backup %s fails its checksum: %s" % (entry.id, "; ".join(errors)))
+    m = entry.manifest
+    facts = dict(entry.summary(), age_s=int(age.total_seconds()), sha256=actual,
+                 plaintext_sha256=m.get("plaintext_sha256"), size=os.path.getsize(entry.dump),
+                 row_counts=m.get("row_counts"), server_version_num=m.get("server_version_num"),
+                 database=m.get("database"))
+    dest = params.get("dest")
+    if not dest:
+        raise CatalogError("state=extract needs dest (the plaintext archive to write)")
+    if not os.path.isdir(os.path.dirname(dest) or "."):
+        raise CatalogError("the directory of dest %s does not exist" % dest)
+    if os.path.isdir(dest):
+        raise CatalogError("dest %s is a directory" % dest)
+    rows = ", ".join("%s %s" % kv for kv in sorted((m.get("row_counts") or {}).items())) or "no row counts"
+    line = "%s (%.1f h old, checksum ok, rows %s)" % (entry.id, age.total_seconds() / 3600, rows)
+    result = {"changed": True, "backup": facts, "problems": problems}
+    if check_mode:
+        return dict(result, extracted=None, msg="extract (check mode): %s would be decrypted to %s" % (line, dest))
+    if not params.get("identity"):
+        raise CatalogError("state=extract needs identity (the age private key) outside check mode")
+    decrypt_to(entry, params, os.path.abspath(dest))
+    return dict(result, extracted=dest, msg="extract: %s decrypted to %s, plaintext sha256 ok" % (line, dest))
+
+
 def run(params, check_mode=False):
     """The module's work: a result dict, or CatalogError for bad parameters and unreadable stores."""
     prefix = params.get("name_prefix", "backup") or ""
@@ -260,6 +355,8 @@ def run(params, check_mode=False):
         raise CatalogError("state must be one of %s" % ", ".join(STATES))
     if params.get("interval_minutes", 60) <= 0:
         raise CatalogError("interval_minutes must be > 0")
+    if (params.get("max_age_hours") or 0) < 0:
+        raise CatalogError("max_age_hours must be >= 0 (0: no limit)")
     try:
         now = parse_time(params["now"]) if params.get("now") else datetime.datetime.now(UTC)
     except ValueError as exc:
@@ -274,4 +371,6 @@ def run(params, check_mode=False):
         return status(store, prefix, params.get("interval_minutes", 60), now)
     if state == "verify":
         return verify(store, prefix, now, check_mode)
+    if state == "extract":
+        return extract(store, prefix, params, now, check_mode)
     return prune(store, prefix, policy, now, check_mode)

@@ -1,5 +1,5 @@
 #!/usr/bin/python
-"""Ansible module: the health, checksums and retention of a store of pg_backup backups.
+"""Ansible module: the health, checksums, retention and extraction of a store of pg_backup backups.
 The work is done by module_utils/backup_catalog.py (retention rules: module_utils/backup_retention.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: backup_catalog
-short_description: Report on, verify and prune a directory of pg_backup backups
+short_description: Report on, verify, prune and extract from a directory of pg_backup backups
 description:
   - Reads a store written by M(pg_backup) - C(<name_prefix>-<UTC time>.dump.age), its C(.sha256) sidecar and its
     C(.manifest.json) - and the store's C(last-failure.json).
@@ -26,9 +26,16 @@ description:
     the newest verified backup is always kept, and nothing is removed while no verified backup exists), removes
     each dropped backup's dump, sidecar and manifest (the manifest last), and the C(.partial-*) work directories
     older than a day.
-  - Check mode is supported by every state; in check mode verify writes nothing and prune removes nothing and
-    returns its plan.
-  - Fails only for bad parameters and a store that is missing or cannot be read.
+  - I(state=extract) decrypts one backup for a restore - I(backup_id), or the newest verified backup - to I(dest).
+    It refuses, naming the backup, when no backup is verified, when the given one is unknown, unusable or not
+    verified, when it started more than I(max_age_hours) before I(now), and when the archive's sha256 differs from
+    the manifest's or the sidecar's (the checks of I(state=verify)). The identity goes to C(age --decrypt) in a
+    0600 file of a private directory (never on argv or in the environment); the plaintext is written 0600 to a
+    temporary name beside I(dest) and renamed over it once its sha256 equals the manifest's C(plaintext_sha256),
+    else it is removed and the module fails. The plaintext is a secret (the caller removes it after the restore).
+  - Check mode is supported by every state; in check mode verify writes nothing, prune removes nothing and
+    returns its plan, and extract checks the backup and its checksums and decrypts nothing.
+  - Fails for bad parameters, a store that is missing or cannot be read, and a refused or failed extract.
 version_added: "1.0.0"
 options:
   path:
@@ -40,10 +47,12 @@ options:
     type: str
     default: backup
   state:
-    description: C(status) reports, C(verify) checks the checksums, C(prune) applies the retention policy.
+    description: >-
+      C(status) reports, C(verify) checks the checksums, C(prune) applies the retention policy, C(extract)
+      decrypts one verified backup to I(dest).
     type: str
     default: status
-    choices: [status, verify, prune]
+    choices: [status, verify, prune, extract]
   policy:
     description: The retention policy of I(state=prune) (counts of UTC buckets to keep, newest first).
     type: dict
@@ -61,6 +70,31 @@ options:
   now:
     description: The time to judge by, ISO 8601 with a UTC offset (default the current time; for reports and tests).
     type: str
+  backup_id:
+    description: >-
+      I(state=extract) - the backup to extract (C(<name_prefix>-<YYYYmmddTHHMMSSZ>)); it must be verified.
+      Default the newest verified backup.
+    type: str
+  max_age_hours:
+    description: >-
+      I(state=extract) - refuse a backup that started more than this many hours before I(now) (by its manifest's
+      C(started)); C(0) is no limit.
+    type: int
+    default: 0
+  identity:
+    description: >-
+      I(state=extract) - the age private key (C(AGE-SECRET-KEY-1...)) the backups are encrypted to; never logged.
+      Required outside check mode.
+    type: str
+  dest:
+    description: >-
+      I(state=extract) - the plaintext C(pg_dump -Fc) archive to write (mode 0600, replaced atomically); its
+      directory must exist and should be private. Required with I(state=extract), check mode included.
+    type: path
+  age:
+    description: I(state=extract) - the age binary.
+    type: path
+    default: age
 author:
   - aiadmin-ops
 """
@@ -90,6 +124,17 @@ EXAMPLES = r"""
     state: prune
     policy: {hourly: 24, daily: 30, weekly: 8, monthly: 12, keep_min: 3}
   register: pruned
+
+- name: Decrypt the newest verified backup, at most 26 hours old, for the restore
+  backup_catalog:
+    path: /var/backups/aiadmin
+    name_prefix: ai_admin
+    state: extract
+    max_age_hours: 26
+    identity: "{{ vault_backup_age_identity }}"
+    dest: "{{ restore_dir.path }}/ai_admin.dump"
+  no_log: true
+  register: extracted
 """
 
 RETURN = r"""
@@ -134,8 +179,18 @@ partials_removed:
   type: list
   elements: str
 plan: {description: The retention decision, one line per backup with its reasons., returned: state=prune, type: str}
+backup:
+  description: >-
+    The backup extracted (or, in check mode, that would be) - C(id), C(started), C(age_s), C(verification),
+    C(sha256) (of the archive, checked), C(plaintext_sha256), C(size) (archive bytes), C(row_counts),
+    C(server_version_num) and C(database) from its manifest (null when absent).
+  returned: state=extract
+  type: dict
+extracted: {description: The plaintext archive written (I(dest)); null in check mode., returned: state=extract,
+            type: str}
 """
 
+from ansible.module_utils import config_backup  # noqa: F401 (shipped with the module: extract decrypts with it)
 from ansible.module_utils.backup_catalog import POLICY_DEFAULTS, STATES, CatalogError, run
 from ansible.module_utils.basic import AnsibleModule
 
@@ -149,11 +204,17 @@ def argument_spec():
         policy=dict(type="dict", default={}, options=policy, apply_defaults=True),
         interval_minutes=dict(type="int", default=60),
         now=dict(type="str"),
+        backup_id=dict(type="str"),
+        max_age_hours=dict(type="int", default=0),
+        identity=dict(type="str", no_log=True),
+        dest=dict(type="path"),
+        age=dict(type="path", default="age"),
     )
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_if=[("state", "extract", ("dest",))])
     try:
         result = run(module.params, module.check_mode)
     except CatalogError as exc:

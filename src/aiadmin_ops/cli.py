@@ -43,6 +43,8 @@ PLAYBOOKS = {
                       False),
     "dr-rebuild": ("playbooks/dr_rebuild.yml", "disaster recovery: rebuild a lost app host on a bare machine from the "
                    "verified backups (--check: the plan)", True),
+    "dr-restore-db": ("playbooks/dr_restore_db.yml", "disaster recovery: restore the newest verified dump into the "
+                      "new database instance the inventory names, repoint the app (--check: the plan)", True),
     "unlock": ("playbooks/unlock.yml", "clear the run lock a dead run left on the hosts (--check: show holders)",
                True),
 }
@@ -59,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     down_p.add_argument("--purge-images", action="store_true", help="also remove the lab images")
     status_p = lab_sub.add_parser("status", help="show what exists and whether it is healthy")
     status_p.add_argument("--json", action="store_true")
+    lab_sub.add_parser("db-replacement",
+                       help="create lab-db-new afresh: a new managed-PostgreSQL stand-in (own CA and address, "
+                       "empty database) for dr-restore-db; prints the -e values that point at it")
 
     for name, (_, help_text, needs_confirm) in PLAYBOOKS.items():
         p = sub.add_parser(name, help=help_text)
@@ -274,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                 lab.down(purge_images=args.purge_images)
             elif args.action == "status":
                 return 0 if lab.status(as_json=args.json) else 1
+            elif args.action == "db-replacement":
+                lab.db_replacement()
             return 0
         return run_command(args)
     except (lab.LabError, state.StateError, InventoryError) as exc:

@@ -1,7 +1,8 @@
 """The local podman lab: images, networks and containers that stand in for the real hosts.
 
 `up` is idempotent and repairs a lab half-created by an interrupted run; `down` removes
-only what carries the lab label; `status` shows what exists and whether it is healthy.
+only what carries the lab label; `status` shows what exists and whether it is healthy;
+`db_replacement` creates lab-db-new afresh (an empty stand-in for a new managed instance).
 Everything the lab creates carries the label ``io.aiadmin-ops.lab=1``.
 """
 
@@ -81,6 +82,10 @@ CONTAINERS = (
     ),
     Container("lab-egress", "debian12", {PUBLIC.name: "10.213.10.40", ABROAD.name: "10.213.30.40"}),
 )
+# lab-db's replacement, the new "managed instance" a lost database is restored into: created only by
+# `db-replacement` (not in CONTAINERS: `up` and `status` leave it alone; `down` removes it by its label).
+REPLACEMENT = Container("lab-db-new", "debian12", {PUBLIC.name: "10.213.10.11", PRIVATE.name: "10.213.20.11"})
+REPLACEMENT_INVENTORY = STATE_DIR / "replacement" / "inventory.json"
 
 
 def log(msg: str) -> None:
@@ -322,20 +327,23 @@ def ansible_env() -> dict[str, str]:
     return env
 
 
-def configure() -> None:
-    """Run the lab playbook (CA, PostgreSQL with TLS, seed data) against the containers."""
+def configure(playbook: Path = ROOT / "lab/configure.yml", extra_vars: dict | None = None,
+              retry: str = "make lab-up") -> None:
+    """Run a lab playbook (by default lab/configure.yml: CA, PostgreSQL with TLS, seed data)."""
     bindir = Path(sys.executable).parent
-    playbook = bindir / "ansible-playbook"
-    if not playbook.exists():
-        playbook = Path(shutil.which("ansible-playbook") or "ansible-playbook")
+    ansible_playbook = bindir / "ansible-playbook"
+    if not ansible_playbook.exists():
+        ansible_playbook = Path(shutil.which("ansible-playbook") or "ansible-playbook")
     cmd = [
-        str(playbook), "-i", str(ROOT / "inventories/lab/hosts.yml"),
+        str(ansible_playbook), "-i", str(ROOT / "inventories/lab/hosts.yml"),
         "--vault-id", f"lab@{ROOT / 'inventories/lab/vault-password.LAB-ONLY.txt'}",
-        str(ROOT / "lab/configure.yml"),
     ]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    cmd.append(str(playbook))
     proc = subprocess.run(cmd, env=ansible_env(), cwd=ROOT, check=False)
     if proc.returncode != 0:
-        raise LabError("lab/configure.yml failed (see above); re-run `make lab-up` after fixing it")
+        raise LabError(f"{playbook.relative_to(ROOT)} failed (see above); re-run `{retry}` after fixing it")
 
 
 # --------------------------------------------------------------------------- commands
@@ -385,6 +393,49 @@ def down(purge_images: bool = False) -> None:
         shutil.rmtree(BUILD_DIR, ignore_errors=True)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     log("lab is down" + (" (images removed)" if purge_images else " (images kept for the next up)"))
+
+
+def db_replacement() -> dict[str, str]:
+    """Create lab-db-new afresh: a new "managed instance" (own CA and address, empty database).
+
+    Removes a previous lab-db-new (only one the lab created), creates the container, runs
+    lab/db-replacement.yml, writes the inventory values that point at it to REPLACEMENT_INVENTORY
+    and prints them as -e pairs. The lab's networks must exist (`lab up` creates them)."""
+    t0 = time.monotonic()
+    preflight(need_build=False)
+    missing = [net.name for net in (PUBLIC, PRIVATE)
+               if (data := network_inspect(net.name)) is None or not network_matches(net, data)]
+    if missing:
+        raise LabError(f"the lab network(s) {', '.join(missing)} do not exist (or have the wrong shape): "
+                       "run `aiadmin-ops lab up` first")
+    if podman_image_missing(REPLACEMENT.image):
+        raise LabError(f"image {image_ref(REPLACEMENT.image)} missing: run `aiadmin-ops lab up` first")
+    REPLACEMENT_INVENTORY.unlink(missing_ok=True)  # never left pointing at an instance being replaced
+    data = container_inspect(REPLACEMENT.name)
+    if data is not None:
+        if (data.get("Config", {}).get("Labels") or {}).get(LABEL) != "1":
+            raise LabError(f"container {REPLACEMENT.name} exists but was not created by the lab: remove it first")
+        podman("rm", "-f", "-t", "2", REPLACEMENT.name)
+        log(f"removed the previous {REPLACEMENT.name}")
+    create_container(REPLACEMENT)
+    log(f"created {REPLACEMENT.name}")
+    wait_systemd(REPLACEMENT.name)
+    public, private = REPLACEMENT.addresses[PUBLIC.name], REPLACEMENT.addresses[PRIVATE.name]
+    timed("configure", configure, ROOT / "lab/db-replacement.yml",
+          {"lab_replacement_public_address": public, "lab_replacement_private_address": private},
+          "aiadmin-ops lab db-replacement")
+    ca = REPLACEMENT_INVENTORY.parent / "ca.crt"
+    values = {
+        "aiadmin_db_private_address": private,
+        "aiadmin_db_public_address": public,
+        "aiadmin_db_ca_url": f"http://{public}:8081/root.crt",
+        "aiadmin_db_ca_checksum": f"sha256:{hashlib.sha256(ca.read_bytes()).hexdigest()}",
+    }
+    REPLACEMENT_INVENTORY.write_text(json.dumps(values, indent=2) + "\n")
+    log(f"{REPLACEMENT.name} is up in {time.monotonic() - t0:.1f}s (values also in {REPLACEMENT_INVENTORY})")
+    log("point the inventory at it with:")
+    print(" ".join(f"-e {key}={value}" for key, value in values.items()), flush=True)
+    return values
 
 
 def status_data() -> dict:

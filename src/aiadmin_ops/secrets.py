@@ -19,7 +19,7 @@ import os
 import re
 
 MASK = "**********"
-_SECRET_WORDS = re.compile(r"(pass(word|wd|phrase)?|token|secret|(^|_)(api_?)?keys?$|apikey|dsn|credential|private"
+_SECRET_WORDS = re.compile(r"(pass(word|wd|phrase)?|token|secret|(^|_)(api_?)?keys?$|apikey|dsn|credential|private_?key"
                            r"|(^|_)auth($|_)|identity|cookie|session_?id)", re.IGNORECASE)
 _PLACE = re.compile(r"_(file|path|dir)$", re.IGNORECASE)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<password>[^/@\s]+)@",

@@ -59,8 +59,8 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::oid AND l.objsub
 """
 
 
-def cli(*args: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = subprocess.run([str(BIN / "aiadmin-ops"), *args], capture_output=True, text=True, env=ENV, cwd=ROOT,
+def cli(*args: str, timeout: float = 1800, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = subprocess.run([str(BIN / "aiadmin-ops"), *args], capture_output=True, text=True, env=env or ENV, cwd=ROOT,
                           timeout=timeout, check=False)
     sys.stdout.write(proc.stdout[-6000:] + proc.stderr[-2000:])
     report = {}
@@ -77,12 +77,12 @@ def play(playbook: str, *extra: str, timeout: float = 1800) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
-def connect(vault: dict):
+def connect(vault: dict, host: str = "10.213.10.10", ca: Path = ROOT / "lab/state/ca.crt"):
     import psycopg
 
-    return psycopg.connect(host="10.213.10.10", dbname="ai_admin", user="ai_admin",
+    return psycopg.connect(host=host, dbname="ai_admin", user="ai_admin",
                            password=vault["vault_aiadmin_db_password"], sslmode="verify-full",
-                           sslrootcert=str(ROOT / "lab/state/ca.crt"), connect_timeout=5,
+                           sslrootcert=str(ca), connect_timeout=5,
                            application_name="aiadmin-ops-test-dr", autocommit=True)
 
 

@@ -388,7 +388,7 @@ def test_it_runs_from_a_plain_directory_as_the_backup_role_installs_it(store, tm
 # --- documentation ------------------------------------------------------------------------------------------------
 
 
-def test_documentation_matches_the_argument_spec(catalog, store):
+def test_documentation_matches_the_argument_spec(catalog, store, age_key, tmp_path):
     from tests.gates.test_gates_unit import _compare_options, _load_module
 
     module = _load_module("backup_catalog")
@@ -396,7 +396,199 @@ def test_documentation_matches_the_argument_spec(catalog, store):
     yaml.safe_load(module.EXAMPLES)
     returned = yaml.safe_load(module.RETURN)
     _compare_options(doc["options"], module.argument_spec())
+    assert module.argument_spec()["identity"]["no_log"] is True
     keys = set()
     for state in ("status", "verify", "prune"):
         keys |= set(catalog.run({"path": str(store), "state": state, "now": NOW_ISO}))
+    add_sealed(store, ago(hours=1), PLAIN, age_key)
+    keys |= set(catalog.run(extract_args(store, tmp_path / "out.dump", age_key)))
     assert keys - {"changed"} == set(returned)
+
+
+# --- extract ------------------------------------------------------------------------------------------------------
+
+PLAIN = b"PGDMP" + bytes(range(256)) * 40  # stands in for a pg_dump -Fc archive: any bytes
+
+
+@pytest.fixture(scope="module")
+def age_key(tmp_path_factory) -> dict:
+    """A real age key pair: {"identity": the private key text, "recipient": age1...}."""
+    path = tmp_path_factory.mktemp("age") / "key.txt"
+    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True, timeout=30)
+    recipient = subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True, text=True,
+                               timeout=30).stdout.strip()
+    return {"identity": path.read_text(), "recipient": recipient}
+
+
+def add_sealed(store: Path, started: datetime, plain: bytes, key: dict, verification: str = "toc",
+               **manifest_extra) -> str:
+    """One backup as pg_backup_job.py keeps it, its dump really encrypted with age to key's recipient."""
+    backup_id = f"{PREFIX}-{started:%Y%m%dT%H%M%SZ}"
+    dump = store / f"{backup_id}.dump.age"
+    subprocess.run(["age", "--recipient", key["recipient"], "--output", str(dump)], input=plain, check=True,
+                   capture_output=True, timeout=30)
+    digest = hashlib.sha256(dump.read_bytes()).hexdigest()
+    (store / f"{dump.name}.sha256").write_text(f"{digest}  {dump.name}\n")
+    manifest = {"file": dump.name, "database": "ai_admin", "host": "10.0.0.11",
+                "started": started.isoformat(timespec="seconds"),
+                "finished": (started + timedelta(seconds=40)).isoformat(timespec="seconds"),
+                "server_version_num": 150008, "format": "custom", "encryption": "age",
+                "age_recipients": [key["recipient"]], "size": dump.stat().st_size, "sha256": digest,
+                "plaintext_size": len(plain), "plaintext_sha256": hashlib.sha256(plain).hexdigest(),
+                "row_counts": {"public.messages": 501, "public.whatsapp_auth": 1}, "verification": verification}
+    manifest.update(manifest_extra)
+    (store / f"{backup_id}.manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return backup_id
+
+
+def extract_args(store: Path, dest: Path, key: dict | None = None, **extra) -> dict:
+    args = {"path": str(store), "name_prefix": PREFIX, "state": "extract", "now": NOW_ISO, "dest": str(dest)}
+    if key:
+        args["identity"] = key["identity"]
+    return dict(args, **extra)
+
+
+def facts(store: Path, backup_id: str, started: datetime, plain: bytes, verification: str = "toc") -> dict:
+    dump = store / f"{backup_id}.dump.age"
+    return {"id": backup_id, "started": started.isoformat(), "age_s": int((NOW - started).total_seconds()),
+            "verification": verification, "sha256": hashlib.sha256(dump.read_bytes()).hexdigest(),
+            "plaintext_sha256": hashlib.sha256(plain).hexdigest(), "size": dump.stat().st_size,
+            "row_counts": {"public.messages": 501, "public.whatsapp_auth": 1}, "server_version_num": 150008,
+            "database": "ai_admin"}
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name)
+
+
+def test_extract_decrypts_the_newest_verified_backup_to_a_0600_file(run_module, store, age_key, tmp_path):
+    older = add_sealed(store, ago(hours=3), b"older " + PLAIN, age_key, "restored")
+    newest_verified = add_sealed(store, ago(hours=2), PLAIN, age_key)
+    add_sealed(store, ago(hours=1), b"failed " + PLAIN, age_key, "failed")
+    add_sealed(store, ago(minutes=30), b"unverified " + PLAIN, age_key, "none")
+    out = tmp_path / "restore"
+    out.mkdir(mode=0o700)
+    dest = out / "ai_admin.dump"
+    dest.write_bytes(b"an earlier extract, replaced")
+
+    res = run_module(extract_args(store, dest, age_key))
+    assert not res.get("failed") and res["changed"] is True, res
+    assert res["backup"] == facts(store, newest_verified, ago(hours=2), PLAIN), res["backup"]
+    assert res["extracted"] == str(dest) and res["problems"] == []
+    assert dest.read_bytes() == PLAIN
+    assert dest.stat().st_mode & 0o777 == 0o600
+    assert leftovers(out) == [] and sorted(p.name for p in out.iterdir()) == ["ai_admin.dump"]
+    assert res["msg"] == (f"extract: {newest_verified} (2.0 h old, checksum ok, rows public.messages 501, "
+                          f"public.whatsapp_auth 1) decrypted to {dest}, plaintext sha256 ok")
+    assert "AGE-SECRET-KEY" not in json.dumps(res)
+    assert older != newest_verified
+
+
+def test_extract_of_an_explicit_backup(run_module, store, age_key, tmp_path):
+    older = add_sealed(store, ago(hours=30), b"older " + PLAIN, age_key, "restored")
+    add_sealed(store, ago(hours=2), PLAIN, age_key)
+    dest = tmp_path / "older.dump"
+    res = run_module(extract_args(store, dest, age_key, backup_id=older))
+    assert not res.get("failed"), res
+    assert res["backup"] == facts(store, older, ago(hours=30), b"older " + PLAIN, "restored")
+    assert dest.read_bytes() == b"older " + PLAIN and dest.stat().st_mode & 0o777 == 0o600
+
+    # An explicit backup is refused when unknown, not verified or unusable, by its id.
+    unverified = add_sealed(store, ago(hours=1), PLAIN, age_key, "none")
+    broken = add_sealed(store, ago(minutes=50), PLAIN, age_key)
+    (store / f"{broken}.dump.age").unlink()
+    for backup_id, text in ((f"{PREFIX}-20200101T000000Z", "is not in the store"),
+                            (unverified, "is not verified (its verification is none, not toc or restored)"),
+                            (broken, f"is unusable: dump {broken}.dump.age is missing: counted as failed")):
+        res = run_module(extract_args(store, tmp_path / "x.dump", age_key, backup_id=backup_id))
+        assert res["failed"] and res["msg"] == f"backup_catalog: backup {backup_id} {text}", res
+    assert not (tmp_path / "x.dump").exists()
+
+
+def test_extract_refuses_a_backup_older_than_max_age_hours(run_module, store, age_key, tmp_path):
+    stale = add_sealed(store, ago(hours=25), PLAIN, age_key)
+    dest = tmp_path / "out.dump"
+    res = run_module(extract_args(store, dest, age_key, max_age_hours=24))
+    assert res["failed"] and res["msg"] == f"backup_catalog: backup {stale} is 25.0 h old, the limit is 24 h", res
+    assert not dest.exists()
+    res = run_module(extract_args(store, dest, age_key, max_age_hours=26))
+    assert not res.get("failed") and dest.read_bytes() == PLAIN, res
+
+
+@pytest.mark.parametrize("corrupt", ["archive", "sidecar"])
+def test_extract_refuses_an_archive_that_fails_its_checksums(catalog, store, age_key, tmp_path, corrupt):
+    older = add_sealed(store, ago(hours=5), PLAIN, age_key)
+    newest = add_sealed(store, ago(hours=1), PLAIN, age_key)
+    dump = store / f"{newest}.dump.age"
+    if corrupt == "archive":  # one flipped bit: neither the manifest nor the sidecar agree
+        data = bytearray(dump.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        dump.write_bytes(bytes(data))
+    else:  # the archive matches its manifest, not its sidecar
+        (store / f"{dump.name}.sha256").write_text(f"{'0' * 64}  {dump.name}\n")
+    before, dest = snapshot(store), tmp_path / "out.dump"
+    with pytest.raises(catalog.CatalogError) as err:
+        catalog.run(extract_args(store, dest, age_key))
+    text = str(err.value)
+    assert text.startswith(f"backup {newest} fails its checksum: sha256 of {newest}.dump.age is "), text
+    assert ("the manifest says" in text) == (corrupt == "archive")
+    assert text.endswith("the sidecar says otherwise")
+    assert not dest.exists() and leftovers(tmp_path) == [] and snapshot(store) == before
+    # The caller may name the older, sound backup instead.
+    res = catalog.run(extract_args(store, dest, age_key, backup_id=older))
+    assert res["backup"]["id"] == older and dest.read_bytes() == PLAIN
+
+
+def test_extract_without_a_verified_backup_is_refused(run_module, store, age_key, tmp_path):
+    add_sealed(store, ago(hours=2), PLAIN, age_key, "failed")
+    add_sealed(store, ago(hours=1), PLAIN, age_key, "none")
+    res = run_module(extract_args(store, tmp_path / "out.dump", age_key))
+    assert res["failed"] and res["msg"] == ("backup_catalog: no verified backup to extract (2 in the store, none "
+                                            "with verification toc or restored)"), res
+    res = run_module(extract_args(store.parent / "empty", tmp_path / "out.dump", age_key))
+    assert res["failed"] and "does not exist" in res["msg"], res
+    assert not (tmp_path / "out.dump").exists()
+
+
+def test_extract_in_check_mode_checks_and_writes_nothing(run_module, store, age_key, tmp_path):
+    backup_id = add_sealed(store, ago(hours=2), PLAIN, age_key)
+    out = tmp_path / "restore"
+    out.mkdir()
+    before = snapshot(store)
+    res = run_module(extract_args(store, out / "ai_admin.dump"), check_mode=True)  # no identity needed
+    assert not res.get("failed") and res["changed"] is True, res
+    assert res["backup"] == facts(store, backup_id, ago(hours=2), PLAIN)
+    assert res["extracted"] is None
+    assert res["msg"].startswith(f"extract (check mode): {backup_id} (2.0 h old, checksum ok, rows ")
+    assert list(out.iterdir()) == [] and snapshot(store) == before
+    # The checks still run: a corrupt archive fails in check mode too, a missing identity only outside it.
+    res = run_module(extract_args(store, out / "ai_admin.dump"))
+    assert res["failed"] and "needs identity" in res["msg"], res
+    res = run_module(extract_args(store, tmp_path / "nowhere" / "x.dump"), check_mode=True)
+    assert res["failed"] and "the directory of dest" in res["msg"], res
+    (store / f"{backup_id}.dump.age").write_bytes(b"truncated")
+    res = run_module(extract_args(store, out / "ai_admin.dump"), check_mode=True)
+    assert res["failed"] and f"backup {backup_id} fails its checksum" in res["msg"], res
+    assert list(out.iterdir()) == []
+
+
+def test_extract_removes_a_plaintext_that_differs_from_the_manifest(run_module, store, age_key, tmp_path):
+    backup_id = add_sealed(store, ago(hours=1), PLAIN, age_key, plaintext_sha256=hashlib.sha256(b"x").hexdigest())
+    dest = tmp_path / "out.dump"
+    res = run_module(extract_args(store, dest, age_key))
+    assert res["failed"], res
+    assert res["msg"].startswith(f"backup_catalog: backup {backup_id}: the decrypted archive's sha256 is "
+                                 f"{hashlib.sha256(PLAIN).hexdigest()}, the manifest's plaintext_sha256 is "), res
+    assert not dest.exists() and leftovers(tmp_path) == [], sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_extract_with_the_wrong_identity_fails_and_writes_nothing(run_module, store, age_key, tmp_path):
+    backup_id = add_sealed(store, ago(hours=1), PLAIN, age_key)
+    other = tmp_path / "other.txt"
+    subprocess.run(["age-keygen", "-o", str(other)], check=True, capture_output=True, timeout=30)
+    dest = tmp_path / "out.dump"
+    res = run_module(extract_args(store, dest, {"identity": other.read_text()}))
+    assert res["failed"] and res["msg"].startswith(f"backup_catalog: backup {backup_id}: decrypt failed: age failed"), \
+        res
+    assert "AGE-SECRET-KEY" not in json.dumps(res)
+    assert not dest.exists() and leftovers(tmp_path) == []

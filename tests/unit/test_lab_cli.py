@@ -105,3 +105,45 @@ def test_health_verdict_rejects_each_broken_part(mutate, why):
     assert healthy(data)
     mutate(data)
     assert not healthy(data), why
+
+
+def test_db_replacement_is_a_lab_action_without_arguments():
+    from aiadmin_ops.cli import build_parser
+
+    args = build_parser().parse_args(["lab", "db-replacement"])
+    assert (args.command, args.action) == ("lab", "db-replacement")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lab", "db-replacement", "--yes"])
+
+
+def test_db_replacement_is_not_managed_by_up_or_status():
+    """lab-db-new exists only between `db-replacement` runs: `up` and `status` never see it."""
+    from aiadmin_ops import lab
+
+    assert lab.REPLACEMENT.name == "lab-db-new"
+    assert lab.REPLACEMENT.name not in {c.name for c in lab.CONTAINERS}
+    taken = {addr for c in lab.CONTAINERS for addr in c.addresses.values()}
+    assert not taken & set(lab.REPLACEMENT.addresses.values())
+
+
+@needs_root
+def test_db_replacement_refuses_non_root():
+    proc = cli("lab", "db-replacement", user="nobody")
+    assert proc.returncode == 2
+    assert "needs root" in proc.stderr
+
+
+def test_db_replacement_without_the_lab_networks_says_run_lab_up(monkeypatch, capsys):
+    from aiadmin_ops import cli as cli_mod
+    from aiadmin_ops import lab
+
+    def untouched(*args, **kwargs):
+        raise AssertionError("no container may be touched without the lab's networks")
+
+    monkeypatch.setattr(lab, "preflight", lambda need_build: None)
+    monkeypatch.setattr(lab, "network_inspect", lambda name: None)
+    monkeypatch.setattr(lab, "container_inspect", untouched)
+    monkeypatch.setattr(lab, "create_container", untouched)
+    assert cli_mod.main(["lab", "db-replacement"]) == 2
+    err = capsys.readouterr().err
+    assert "aiadmin-lab-public" in err and "run `aiadmin-ops lab up` first" in err
