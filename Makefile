@@ -17,7 +17,7 @@ SCENARIOS ?= backup app base nodejs xray pm2 xray_bad_config private_network pg_
 # Scenarios run side by side (each has its own instances).
 MOLECULE_JOBS ?= 2
 
-.PHONY: help deps venv lint unit lab-up lab-down lab-purge lab-status lab-smoke molecule test demo window-tests ci-static ci-lab clean
+.PHONY: help deps venv lint unit lab-up lab-down lab-purge lab-status lab-smoke molecule test demo window-tests dr-tests maintenance-tests ci-static ci-lab clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,16 +54,17 @@ lab-status: venv ## Show what the lab has and whether it is healthy
 	@$(BIN)/aiadmin-ops lab status
 
 lab-smoke: lab-up ## Prove the lab's networks, TLS and systemd with real connections
-	@$(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db' tests/lab
+	@$(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db and not maintenance' tests/lab
 
 molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose, MOLECULE_JOBS side by side)
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
 	@printf '%s\n' $(SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-scenario {}
 
-test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, the window and host recovery on the lab, Molecule, database recovery
+test: deps venv ## Everything CI runs: lint, pytest, the lab and its tests, the window, host recovery and maintenance on the lab, Molecule, database recovery
 	@$(MAKE) --no-print-directory -j2 ci-static ci-lab
 	@AIADMIN_SKIP_PREPARE=1 $(STAGE) window-tests $(BIN)/pytest -q -m window --durations=0
 	@$(STAGE) dr-tests $(BIN)/pytest -q -m dr --durations=0
+	@$(STAGE) maintenance-tests $(BIN)/pytest -q -m maintenance --durations=0
 	@$(MAKE) --no-print-directory molecule
 	@$(STAGE) dr-db-tests $(BIN)/pytest -q -m dr_db --durations=0
 
@@ -79,7 +80,7 @@ ci-static:
 ci-lab:
 	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
 	@$(STAGE) lab-quiet $(BIN)/ansible-playbook $(LAB_VAULT) -i inventories/lab/hosts.yml lab/story-reset.yml -e lab_reset_start_old=false
-	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db'
+	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db and not maintenance'
 	@DEMO_LAB_READY=1 $(STAGE) window-prepare scripts/demo --prepare
 
 demo: deps venv ## The main job on the lab: lab up, old host serving, new host provisioned, the window, the report
@@ -93,6 +94,10 @@ dr-tests: deps venv ## The disaster-recovery tests on the lab (they destroy lab-
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
 	@$(BIN)/pytest -q -m dr
 	@$(BIN)/pytest -q -m dr_db
+
+maintenance-tests: deps venv ## The maintenance jobs on the lab (aiadmin-ops maintain; prepares lab-new when it does not serve)
+	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
+	@$(BIN)/pytest -q -m maintenance
 
 clean: ## Remove local caches (not the lab)
 	rm -rf .pytest_cache .ruff_cache

@@ -283,7 +283,7 @@ def percentile(values, pct):
 
 
 def latency_summary(samples_ms):
-    """{count, min, p50, p95, max} in ms (values None when there are no samples)."""
+    """{count, min, p50, p95, p99, max} in ms (values None when there are no samples)."""
     def r(v):
         return None if v is None else round(v, 3)
 
@@ -292,6 +292,7 @@ def latency_summary(samples_ms):
         'min': r(min(samples_ms)) if samples_ms else None,
         'p50': r(percentile(samples_ms, 50)),
         'p95': r(percentile(samples_ms, 95)),
+        'p99': r(percentile(samples_ms, 99)),
         'max': r(max(samples_ms)) if samples_ms else None,
     }
 

@@ -271,7 +271,7 @@ latency_ms:
     - Round-trip times of C(SELECT 1) in milliseconds; values null when not measured.
   returned: always
   type: dict
-  sample: {count: 5, min: 0.08, p50: 0.09, p95: 0.12, max: 0.13}
+  sample: {count: 5, min: 0.08, p50: 0.09, p95: 0.12, p99: 0.13, max: 0.13}
 latency_samples_ms:
   description: Every round-trip sample in milliseconds, in order.
   returned: always

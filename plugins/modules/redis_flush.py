@@ -57,6 +57,10 @@ keys_before: {description: DBSIZE before., type: int, returned: success}
 keys_after: {description: DBSIZE after., type: int, returned: success}
 duration_ms: {description: Wall time of the module's work., type: float, returned: always}
 msg: {description: One line for the operator., type: str, returned: always}
+summary:
+  description: The same line on failure, safe to show from a C(no_log) task's result (no secret in it).
+  type: str
+  returned: failure
 """
 
 import time
@@ -128,8 +132,8 @@ def main():
             matched, removed, batches, scans = flush(client, params, remove)
             after = client.command("DBSIZE")
     except RedisError as exc:
-        module.fail_json(msg="redis_flush on %s: %s" % (where, exc),
-                         duration_ms=round((time.monotonic() - started) * 1000, 1))
+        msg = "redis_flush on %s: %s" % (where, exc)
+        module.fail_json(msg=msg, summary=msg, duration_ms=round((time.monotonic() - started) * 1000, 1))
     msg = ("removed %d keys matching %s on %s in %d UNLINK batches (%d keys before, %d after)"
            % (removed, params["pattern"], where, batches, before, after) if remove else
            "dry run: %d keys match %s on %s; nothing removed" % (matched, params["pattern"], where))

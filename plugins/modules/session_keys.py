@@ -122,6 +122,10 @@ remaining:
   returned: state=cleanup and not dry run
 duration_ms: {description: Wall time of the module's work., type: float, returned: always}
 msg: {description: One line for the operator., type: str, returned: always}
+summary:
+  description: The same line on failure, safe to show from a C(no_log) task's result (no secret in it).
+  type: str
+  returned: failure
 """
 
 import time
@@ -203,18 +207,18 @@ def main():
             result.update(deleted=deleted, batches=batches, changed=deleted["total"] > 0)
             if error:
                 result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
-                module.fail_json(msg="cleanup stopped after deleting %d keys in %d batches: %s" % (
-                    deleted["total"], batches, error), **result)
+                msg = "cleanup stopped after deleting %d keys in %d batches: %s" % (deleted["total"], batches, error)
+                module.fail_json(msg=msg, summary=msg, **result)
             result["remaining"] = health(conn, params)["expired"]
             result["msg"] = "deleted %d expired keys in %d batches (%s); %d expired keys remain (protected types)" % (
                 deleted["total"], batches, ", ".join("%s %d" % kv for kv in deleted["buckets"].items()),
                 result["remaining"])
     except GateError as exc:
-        module.fail_json(msg="cannot reach %s:%s/%s: %s" % (params["host"], params["port"], params["database"], exc),
-                         duration_ms=round((time.monotonic() - started) * 1000, 1))
+        msg = "cannot reach %s:%s/%s: %s" % (params["host"], params["port"], params["database"], exc)
+        module.fail_json(msg=msg, summary=msg, duration_ms=round((time.monotonic() - started) * 1000, 1))
     except Exception as exc:  # the driver's error during a read: name it, never a traceback
-        module.fail_json(msg="session_keys failed: %s" % " ".join(str(exc).split())[:500],
-                         duration_ms=round((time.monotonic() - started) * 1000, 1))
+        msg = "session_keys failed: %s" % " ".join(str(exc).split())[:500]
+        module.fail_json(msg=msg, summary=msg, duration_ms=round((time.monotonic() - started) * 1000, 1))
     finally:
         close_quietly(conn)
     result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)

@@ -25,6 +25,7 @@ READS_MIGRATE_LEDGER = ("rollback", "decommission")
 # Extra variables only the CLI sets.
 RESERVED_EXTRAVARS = ("aiadmin_run", "aiadmin_state_dir")
 LOCK_HELD = "run lock held by"
+MAINTENANCE_JOBS = ("keys", "redis", "logs")
 
 PLAYBOOKS = {
     "gates": ("playbooks/gates.yml", "read-only go/no-go report (database reachability and pool)", False),
@@ -45,6 +46,8 @@ PLAYBOOKS = {
                    "verified backups (--check: the plan)", True),
     "dr-restore-db": ("playbooks/dr_restore_db.yml", "disaster recovery: restore the newest verified dump into the "
                       "new database instance the inventory names, repoint the app (--check: the plan)", True),
+    "maintain": ("playbooks/maintenance.yml", "maintenance on the app host: expired session keys, the Redis context "
+                 "cache, log rotation (--job to choose, --dry-run to count only)", False),
     "unlock": ("playbooks/unlock.yml", "clear the run lock a dead run left on the hosts (--check: show holders)",
                True),
 }
@@ -86,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--webhook", help="notification URL for start, end and rollback")
         if name.startswith("dr-"):
             p.add_argument("--host", help="the app host (inventory name) to recover (default: the new host)")
+        if name == "maintain":
+            p.add_argument("--job", action="append", choices=MAINTENANCE_JOBS, default=[],
+                           help="a job to run (repeatable; default all, in the order keys, redis, logs)")
+            p.add_argument("--dry-run", action="store_true", help="count what each job would do; change nothing")
         if name == "unlock":
             p.add_argument("--force", action="store_true",
                            help="remove the lock whoever holds it (default: only a holder proven dead)")
@@ -211,6 +218,9 @@ def build_extravars(args: argparse.Namespace, run: dict | None = None) -> dict:
         extravars["dr_host"] = args.host
     if getattr(args, "webhook", None):
         extravars["migrate_webhook_url"] = args.webhook
+    if command == "maintain":
+        extravars["maintenance_jobs"] = [job for job in MAINTENANCE_JOBS if job in args.job] or list(MAINTENANCE_JOBS)
+        extravars["maintenance_dry_run"] = bool(args.dry_run)
     return extravars
 
 

@@ -54,12 +54,13 @@ class Container:
     image: str
     addresses: dict[str, str]  # network name -> fixed address
     add_hosts: tuple[str, ...] = field(default=())
+    shm_size: str = ""  # podman's default /dev/shm is 64 MB
 
     def spec_hash(self) -> str:
-        blob = json.dumps(
-            {"image": self.image, "addresses": self.addresses, "hosts": self.add_hosts, "v": 1},
-            sort_keys=True,
-        )
+        spec = {"image": self.image, "addresses": self.addresses, "hosts": self.add_hosts, "v": 1}
+        if self.shm_size:
+            spec["shm"] = self.shm_size
+        blob = json.dumps(spec, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -71,8 +72,11 @@ ABROAD = Network("aiadmin-lab-abroad", "10.213.30.0/24", internal=True)
 NETWORKS = (PUBLIC, PRIVATE, ABROAD)
 
 _DB_NAMES = ("db.public.lab.test:10.213.10.10",)
+# PostgreSQL's parallel workers (CREATE INDEX in a restore, VACUUM) share memory in /dev/shm: a
+# database host gets room for them, as a managed instance has.
+DB_SHM = "512m"
 CONTAINERS = (
-    Container("lab-db", "debian12", {PUBLIC.name: "10.213.10.10", PRIVATE.name: "10.213.20.10"}),
+    Container("lab-db", "debian12", {PUBLIC.name: "10.213.10.10", PRIVATE.name: "10.213.20.10"}, shm_size=DB_SHM),
     Container("lab-old", "debian12", {PUBLIC.name: "10.213.10.20"}, _DB_NAMES),
     Container(
         "lab-new",
@@ -84,7 +88,8 @@ CONTAINERS = (
 )
 # lab-db's replacement, the new "managed instance" a lost database is restored into: created only by
 # `db-replacement` (not in CONTAINERS: `up` and `status` leave it alone; `down` removes it by its label).
-REPLACEMENT = Container("lab-db-new", "debian12", {PUBLIC.name: "10.213.10.11", PRIVATE.name: "10.213.20.11"})
+REPLACEMENT = Container("lab-db-new", "debian12", {PUBLIC.name: "10.213.10.11", PRIVATE.name: "10.213.20.11"},
+                        shm_size=DB_SHM)
 REPLACEMENT_INVENTORY = STATE_DIR / "replacement" / "inventory.json"
 
 
@@ -267,6 +272,8 @@ def create_container(ctr: Container) -> None:
         args += ["--network", f"{net}:ip={addr}"]
     for host in ctr.add_hosts:
         args += ["--add-host", host]
+    if ctr.shm_size:
+        args += ["--shm-size", ctr.shm_size]
     podman(*args, image_ref(ctr.image), "/sbin/init")
 
 

@@ -20,6 +20,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -293,6 +294,16 @@ class Progress:
         return True
 
 
+def startup_error(artifact_dir: Path) -> str:
+    """The end of a run's stdout from its first ERROR line (plain text, at most 1500 characters)."""
+    try:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", (artifact_dir / "stdout").read_text(errors="replace"))
+    except OSError:
+        return f"ansible-playbook failed before its first task (no stdout in {artifact_dir})"
+    match = re.search(r"\[?ERROR", text)
+    return (text[match.start():] if match else text).strip()[-1500:] or "ansible-playbook failed before its first task"
+
+
 def run_playbook(
     playbook: str,
     inventory: str,
@@ -351,6 +362,10 @@ def run_playbook(
         if result is not None:
             mask_recorded_command(Path(result.config.artifact_dir))
     ended = time.time()
+    if result.rc != 0 and not progress.failures:
+        # Refused before any task (YAML, arguments, inventory): ansible-playbook's own error.
+        progress.failures.append({"phase": "start", "task": "ansible-playbook", "host": "",
+                                  "msg": startup_error(Path(result.config.artifact_dir))})
     return RunResult(
         playbook=playbook,
         status=result.status,

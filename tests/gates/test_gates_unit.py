@@ -34,9 +34,10 @@ def test_percentile(pg_gate, values, pct, expected):
 
 
 def test_latency_summary(pg_gate):
-    assert pg_gate.latency_summary([]) == {'count': 0, 'min': None, 'p50': None, 'p95': None, 'max': None}
+    assert pg_gate.latency_summary([]) == {'count': 0, 'min': None, 'p50': None, 'p95': None, 'p99': None,
+                                               'max': None}
     summary = pg_gate.latency_summary([0.5, 0.1, 0.3])
-    assert summary == {'count': 3, 'min': 0.1, 'p50': 0.3, 'p95': 0.48, 'max': 0.5}
+    assert summary == {'count': 3, 'min': 0.1, 'p50': 0.3, 'p95': 0.48, 'p99': 0.496, 'max': 0.5}
 
 
 def _der_cert(not_after: datetime.datetime) -> bytes:

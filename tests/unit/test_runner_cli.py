@@ -92,6 +92,18 @@ def test_failed_after_rescue_reports_phase_and_task():
     assert "rolled back" in out
 
 
+def test_a_playbook_refused_before_its_first_task_says_why(tmp_path):
+    """An error before any task (here a role that does not exist) is a failure with ansible-playbook's words."""
+    bad = ROOT / "tests/fixtures/playbooks" / f"broken-{tmp_path.name}.yml"
+    bad.write_text("---\n- name: Broken\n  hosts: all\n  roles: [no_such_role_here]\n")
+    try:
+        result = run_playbook(str(bad.relative_to(ROOT)), INVENTORY, out=io.StringIO(), timeout=120)
+    finally:
+        bad.unlink()
+    assert not result.ok and result.failures[0]["phase"] == "start"
+    assert "no_such_role_here" in result.failures[0]["msg"] and "ERROR" in result.failures[0]["msg"]
+
+
 def test_no_secret_in_artifacts_or_report(vaulted_vars, tmp_path):
     result, out = run({}, vaulted=vaulted_vars)
     assert result.ok
@@ -332,6 +344,16 @@ def test_dr_rebuild_extravars(state_root):
     assert cli_mod.PLAYBOOKS["dr-rebuild"][0] == "playbooks/dr_rebuild.yml" and cli_mod.PLAYBOOKS["dr-rebuild"][2]
     with pytest.raises(SystemExit):  # --host belongs to the disaster-recovery commands only
         extravars_for("migrate", "--yes", "--host", "lab-old")
+
+
+def test_maintain_extravars(state_root):
+    ev = extravars_for("maintain", "--job", "logs", "--job", "keys", "--dry-run")
+    assert ev["maintenance_jobs"] == ["keys", "logs"] and ev["maintenance_dry_run"] is True
+    every = extravars_for("maintain")
+    assert every["maintenance_jobs"] == ["keys", "redis", "logs"] and every["maintenance_dry_run"] is False
+    assert "maintain_confirmed" not in every and cli_mod.PLAYBOOKS["maintain"][0] == "playbooks/maintenance.yml"
+    with pytest.raises(SystemExit):
+        extravars_for("maintain", "--job", "vacuum")
 
 
 @pytest.mark.parametrize("key", ["aiadmin_run", "aiadmin_state_dir"])

@@ -1,0 +1,233 @@
+"""Maintenance on the lab, through the operator CLI (aiadmin-ops maintain), with the app serving on lab-new.
+
+- keys: expired WhatsApp keys seeded in lab-db in the runbook's age buckets for two companies,
+  beside fresh keys, expired keys of a protected type and the app's own keys (which
+  baileys-whatsapp-service keeps rewriting all along). A dry run deletes nothing and counts what
+  a cleanup would delete per bucket; the cleanup deletes exactly that, batch by batch, while the
+  app keeps writing, and leaves the protected, fresh and credential rows; a second run has
+  nothing to do. A lock another session holds on an expired key stops the cleanup with a clean
+  timeout and that company's batch rolled back whole.
+- redis: context:* keys beside other keys in lab-new's Redis; a dry run removes nothing; the flush
+  removes exactly the context keys; a second run has nothing to do.
+- logs: the app acknowledges webhook writes (one log line each) while the logs are rotated three
+  times; every acknowledged write's line is found exactly once across the current and rotated
+  files (the compressed ones included).
+
+Runs after the disaster-recovery tests in `make test` (lab-new serves there); prepares lab-new
+itself when it does not serve.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab import test_dr_lab as dr
+from tests.writes import WebhookWriter
+
+pytestmark = [pytest.mark.lab, pytest.mark.maintenance]
+
+STATE = Path(os.environ.get("AIADMIN_MAINT_TEST_STATE_DIR", "/var/tmp/aiadmin-ops-maintenance-tests"))
+ENV = dict(dr.ENV, AIADMIN_STATE_DIR=str(STATE))
+OTHER = 1099  # a second fake company for the per-company figures
+BUCKETS = {"0-1d": "6 hours", "1-7d": "3 days", "7-14d": "10 days", "14-30d": "20 days"}
+# company -> bucket -> how many expired pre-keys (">30d": sender keys not updated for 45 days)
+SEEDED = {1001: {"0-1d": 7, "1-7d": 11, "7-14d": 5, "14-30d": 9, ">30d": 13}, OTHER: {"1-7d": 21}}
+PROTECTED, FRESH = 6, 8  # company 1001: expired app-state-sync-keys; session keys valid for 7 days
+LOG_DIR = "/opt/ai-admin/shared/logs"
+
+
+def cli(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    return dr.cli(*args, env=ENV)
+
+
+def stats(report: dict) -> dict:
+    return report["custom_stats"]["maintenance"]
+
+
+@pytest.fixture(scope="module")
+def serving(lab):
+    shutil.rmtree(STATE, ignore_errors=True)
+    STATE.mkdir(parents=True, mode=0o700)
+    try:
+        healthy = dr.health()["status"] == "healthy"
+    except OSError:
+        healthy = False
+    # Serving on lab-db with the lab's CA (after dr_db, lab-new serves on lab-db-new, with its CA).
+    env = dr.on_host("cat", dr.ENV_FILE, check=False).stdout
+    ca = dr.on_host("cat", "/root/.cloud-certs/root.crt", check=False).stdout
+    on_lab_db = re.search(r"(?m)^POSTGRES_HOST=['\"]?10\.213\.20\.10['\"]?$", env)
+    if not (healthy and on_lab_db and ca == (dr.ROOT / "lab/state/ca.crt").read_text()):
+        dr.play("playbooks/provision.yml", "-l", "lab-new")
+        dr.play("lab/story-reset.yml", "-e", "lab_reset_start_old=false")
+        dr.play("playbooks/deploy.yml", "-e", "deploy_hosts=new")
+    assert dr.health()["status"] == "healthy"
+
+
+def seed_keys(conn) -> None:
+    conn.execute("DELETE FROM whatsapp_keys WHERE key_id LIKE 'maint-%'")
+    conn.execute("INSERT INTO companies (id, title) VALUES (%s, 'LAB FAKE second salon') ON CONFLICT DO NOTHING",
+                 (OTHER,))
+    for company, buckets in SEEDED.items():
+        for bucket, count in buckets.items():
+            if bucket == ">30d":
+                conn.execute("INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, updated_at, expires_at)"
+                             " SELECT %s, 'sender-key', 'maint-stale-' || g, '{}', now() - interval '45 days', NULL"
+                             " FROM generate_series(1, %s) g", (company, count))
+            else:
+                conn.execute("INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, updated_at, expires_at)"
+                             " SELECT %s, 'pre-key', 'maint-' || %s || '-' || g, '{}', now() - %s::interval,"
+                             " now() - %s::interval FROM generate_series(1, %s) g",
+                             (company, bucket, BUCKETS[bucket], BUCKETS[bucket], count))
+    conn.execute("INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, updated_at, expires_at)"
+                 " SELECT 1001, 'app-state-sync-key', 'maint-sync-' || g, '{}', now() - interval '4 days',"
+                 " now() - interval '3 days' FROM generate_series(1, %s) g", (PROTECTED,))
+    conn.execute("INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, updated_at, expires_at)"
+                 " SELECT 1001, 'session', 'maint-fresh-' || g, '{}', now(), now() + interval '7 days'"
+                 " FROM generate_series(1, %s) g", (FRESH,))
+
+
+def maint_keys(conn) -> dict[str, int]:
+    rows = conn.execute("SELECT key_type, count(*) FROM whatsapp_keys WHERE key_id LIKE 'maint-%' "
+                        "GROUP BY key_type").fetchall()
+    return dict(rows)
+
+
+def app_key_writes(conn) -> str:
+    return conn.execute("SELECT max(updated_at)::text FROM whatsapp_keys WHERE company_id = 1001 "
+                        "AND key_type = 'app-state-sync-key' AND key_id NOT LIKE 'maint-%'").fetchone()[0]
+
+
+@pytest.fixture
+def keys(serving, vault):
+    with dr.connect(vault) as conn:
+        # Expired keys left by the lab's own seed or earlier runs would blur the exact figures.
+        cli("maintain", "--job", "keys")
+        seed_keys(conn)
+        yield conn
+        conn.execute("DELETE FROM whatsapp_keys WHERE key_id LIKE 'maint-%%' OR company_id = %s", (OTHER,))
+        conn.execute("DELETE FROM whatsapp_auth WHERE company_id = %s", (OTHER,))
+        conn.execute("DELETE FROM companies WHERE id = %s", (OTHER,))
+
+
+def test_keys_dry_run_then_cleanup_while_the_app_writes(keys):
+    conn = keys
+    deletable = sum(sum(b.values()) for b in SEEDED.values())
+    proc, report = cli("maintain", "--job", "keys", "--dry-run")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    figures = stats(report)["keys"]
+    assert int(figures["deletable"]) == deletable and int(figures["deleted"]["total"]) == 0
+    assert int(figures["expired"]) == deletable + PROTECTED
+    assert figures["would_delete"] == {"0-1d": 7, "1-7d": 32, "7-14d": 5, "14-30d": 9, ">30d": 13}
+    assert maint_keys(conn) == {"pre-key": 53, "sender-key": 13, "app-state-sync-key": PROTECTED, "session": FRESH}
+
+    before = app_key_writes(conn)
+    proc, report = cli("maintain", "--job", "keys", "-e", "maintenance_keys_batch_size=10")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    deleted = stats(report)["keys"]["deleted"]
+    assert int(deleted["total"]) == deletable
+    assert deleted["buckets"] == {"0-1d": 7, "1-7d": 32, "7-14d": 5, "14-30d": 9, ">30d": 13}
+    assert {int(c): int(v["total"]) for c, v in deleted["companies"].items()} == {1001: 45, OTHER: 21}
+    assert maint_keys(conn) == {"app-state-sync-key": PROTECTED, "session": FRESH}
+    assert conn.execute("SELECT count(*) FROM whatsapp_auth WHERE company_id = 1001").fetchone()[0] == 1
+    # baileys-whatsapp-service rewrote its keys during the run, and the app still serves.
+    assert app_key_writes(conn) > before
+    assert dr.health()["status"] == "healthy"
+
+    proc, _ = cli("maintain", "--job", "keys")
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_keys_lock_held_by_another_session_times_out_cleanly(keys, vault):
+    with dr.connect(vault) as holder:
+        holder.autocommit = False
+        holder.execute("SELECT 1 FROM whatsapp_keys WHERE company_id = %s AND key_id LIKE 'maint-%%' LIMIT 1 "
+                       "FOR UPDATE", (OTHER,))
+        proc, _ = cli("maintain", "--job", "keys", "-e", "maintenance_keys_lock_timeout_ms=500")
+        holder.rollback()
+    out = proc.stdout
+    assert proc.returncode == 1, out[-3000:]
+    assert "lock" in out.lower() and "timeout" in out.lower(), out[-3000:]
+    left = dict(keys.execute("SELECT company_id, count(*) FROM whatsapp_keys WHERE key_id LIKE 'maint-%' "
+                             "AND key_type = 'pre-key' GROUP BY company_id").fetchall())
+    assert left.get(OTHER) == 21, "the locked company's batch is rolled back whole"
+
+
+REDIS_COUNT = """
+local cursor, n = '0', 0
+repeat
+  local r = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor, n = r[1], n + #r[2]
+until cursor == '0'
+return n
+"""
+
+
+def redis(vault: dict, *commands: str) -> list[str]:
+    """redis-cli on lab-new, the password sent as the first command on stdin (never on argv)."""
+    quoted = "".join(f"\\x{b:02x}" for b in vault["vault_aiadmin_redis_password"].encode())  # redis-cli's quoting
+    lines = [f'AUTH "{quoted}"', *commands]
+    proc = subprocess.run(["podman", "exec", "-i", dr.HOST, "redis-cli", "--no-raw"], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, env=ENV, timeout=120, check=True)
+    return proc.stdout.splitlines()[1:]
+
+
+def count(vault: dict, pattern: str) -> int:
+    script = REDIS_COUNT.replace("\n", " ").replace('"', '\\"')
+    out = redis(vault, f'EVAL "{script}" 0 {pattern}')
+    return int(re.sub(r"\D", "", out[-1]))
+
+
+def test_redis_context_flush_leaves_other_keys(serving, vault):
+    redis(vault, *(f"SET context:1001:+000{n:08d} ctx{n}" for n in range(1500)),
+          *(f"SET session:maint:{n} s{n}" for n in range(40)), "SET bull:maint:queue 1")
+    others = count(vault, "session:maint:*")
+    proc, report = cli("maintain", "--job", "redis", "--dry-run")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert int(stats(report)["redis"]["matched"]) >= 1500 and int(stats(report)["redis"]["removed"]) == 0
+    assert count(vault, "context:*") >= 1500
+
+    proc, report = cli("maintain", "--job", "redis")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert int(stats(report)["redis"]["removed"]) >= 1500
+    assert count(vault, "context:*") == 0
+    assert count(vault, "session:maint:*") == others == 40 and count(vault, "bull:maint:*") == 1
+
+    proc, _ = cli("maintain", "--job", "redis")
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stdout[-3000:]
+    redis(vault, *(f"DEL session:maint:{n}" for n in range(40)), "DEL bull:maint:queue")
+
+
+def test_log_rotation_loses_no_line(serving):
+    rotations = []
+
+    def rotate() -> None:
+        for _ in range(3):
+            proc, report = cli("maintain", "--job", "logs")
+            rotations.append((proc.returncode, bool(stats(report)["logs"]["rotated"]) if report else False))
+            time.sleep(1)
+
+    with WebhookWriter([dr.NEW_URL], interval=0.02) as writer:
+        time.sleep(2)
+        thread = threading.Thread(target=rotate)
+        thread.start()
+        thread.join(timeout=600)
+        time.sleep(2)
+    acked = writer.acked()
+    assert rotations == [(0, True)] * 3, rotations
+    assert len(acked) > 100, writer.outcomes()
+    files = dr.on_host("sh", "-c", f"ls {LOG_DIR}/ai-admin-api.out*").stdout.split()
+    assert any(f.endswith(".1") for f in files) and any(f.endswith(".gz") for f in files), files
+    text = dr.on_host("sh", "-c", f"zcat -f {LOG_DIR}/ai-admin-api.out*").stdout
+    logged = re.findall(r"webhook: acknowledged message \d+ \((\S+)\)", text)
+    mine = [i for i in logged if i.startswith(f"probe-{writer.run}-")]
+    missing = sorted(set(acked) - set(mine))
+    assert not missing, f"{len(missing)} acknowledged writes have no log line: {missing[:10]}"
+    assert len(mine) == len(set(mine)), "a line was logged twice"
