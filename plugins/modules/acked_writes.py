@@ -19,7 +19,9 @@ description:
     Lines may carry the timestamp prefix PM2 writes with C(time: true) (C(YYYY-MM-DDTHH:mm:ss: ), local time);
     the app's own time after it is the one judged. Other lines are ignored.
   - I(log_paths) are globs; every regular file they match is read, C(.gz) ones (rotated by logrotate) with
-    gzip. No matching file at all is a failure (an empty measure would read as no loss).
+    gzip. No matching file at all is a failure (an empty measure would read as no loss), unless
+    I(missing_logs=unknown) - a host rebuilt after a loss has no log of the writes it acknowledged, and the
+    count is then reported as not known (RV(counted) false), never as zero.
   - Row ids are compared only; run it before the app writes into the restored database, whose sequence may
     hand out the lost ids again.
   - Read-only, and so the same in check mode; RV(changed) is always false. Fails when no log file matches,
@@ -36,6 +38,16 @@ options:
     description: ISO 8601 time with a UTC offset (C(Z) included); earlier acknowledgements are not counted.
     type: str
     required: true
+  complete_from:
+    description:
+      - The time from which the count must be complete (default I(since)) - the dump's start, say. Logs that
+        begin later (a host rebuilt after the loss) give RV(complete) false, and the count is a lower bound.
+    type: str
+  missing_logs:
+    description: No log file matching I(log_paths) - C(fail), or C(unknown) (RV(counted) false, RV(lost) null).
+    type: str
+    choices: [fail, unknown]
+    default: fail
   table:
     description: The table of the acknowledged rows (schema-qualified or in C(public)); its C(id) column is read.
     type: str
@@ -69,7 +81,12 @@ RETURN = r"""
 msg: {description: One human line about the outcome (names no secret)., returned: always, type: str}
 summary: {description: The same line (repeated by failure_message when the task is no_log)., returned: always,
           type: str}
-acked: {description: Distinct rows acknowledged at or after I(since)., returned: success, type: int}
+complete: {description: Whether the logs begin at or before I(complete_from) (the count is exact).,
+           returned: success, type: bool}
+logs_begin_at: {description: The earliest time of any app line in the logs (UTC)., returned: success, type: str}
+counted: {description: Whether a log was read (false only with I(missing_logs=unknown))., returned: success, type: bool}
+acked: {description: Distinct rows acknowledged at or after I(since) (null when not counted)., returned: success,
+        type: int}
 present: {description: Those of them the database holds., returned: success, type: int}
 lost: {description: Those of them the database lacks (acknowledged writes lost)., returned: success, type: int}
 lost_rows:
@@ -114,6 +131,8 @@ from ansible.module_utils.pg_gate import (
 # The app's line (app/src/main.js, webhook()), after the optional prefix of PM2's `time: true`.
 ACK_LINE = re.compile(r"^(?:\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}: )?"
                       r"(?P<time>\S+) \[[^\]]+\] webhook: acknowledged message (?P<row>\d+) \((?P<id>.*)\)$")
+# Any line of the app (its ISO time and [role]), for where the logs begin.
+APP_LINE = re.compile(r"^(?:\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}: )?(?P<time>\d{4}-\d{2}-\d{2}T\S+) \[")
 LOST_ROWS_MAX = 50
 STATEMENT_TIMEOUT_MS = 60000
 UTC = datetime.timezone.utc
@@ -142,14 +161,22 @@ def log_files(patterns):
 
 
 def acknowledgements(files, since):
-    """{row: earliest acknowledgement time at or after since} from the files' acknowledgement lines."""
-    acked = {}
+    """({row: earliest acknowledgement time at or after since}, the earliest time of any app line)."""
+    acked, begins = {}, None
     for path in files:
         opener = gzip.open if path.endswith(".gz") else open
         try:
             with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
                 for line in fh:
-                    match = ACK_LINE.match(line.rstrip("\r\n"))
+                    line = line.rstrip("\r\n")
+                    first = APP_LINE.match(line)
+                    if first:
+                        try:
+                            stamp_at = parse_time(first.group("time"))
+                            begins = stamp_at if begins is None or stamp_at < begins else begins
+                        except ValueError:
+                            pass
+                    match = ACK_LINE.match(line)
                     if not match:
                         continue
                     try:
@@ -161,7 +188,7 @@ def acknowledgements(files, since):
                         acked[row] = when
         except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
             raise AckedError("cannot read %s: %s" % (path, one_line(str(exc), 300)), files_read=files) from exc
-    return acked
+    return acked, begins
 
 
 def present_rows(params, rows, files):
@@ -187,25 +214,38 @@ def present_rows(params, rows, files):
 def measure(params):
     since = parse_time(params["since"])
     name = "%s.%s" % qualified(params["table"])
+    if params["missing_logs"] == "unknown" and not any(os.path.isfile(p) for g in params["log_paths"]
+                                                       for p in glob.glob(g)):
+        return {"changed": False, "counted": False, "acked": None, "present": None, "lost": None, "lost_rows": [],
+                "first_lost_at": None, "last_lost_at": None, "last_acked_at": None, "files_read": [],
+                "logs_begin_at": None, "complete": False,
+                "msg": "the acknowledged writes since %s cannot be counted: no log file matches %s (lost with the "
+                       "host?)" % (stamp(since), ", ".join(params["log_paths"]))}
     files = log_files(params["log_paths"])
-    acked = acknowledgements(files, since)
+    acked, begins = acknowledgements(files, since)
+    complete_from = parse_time(params["complete_from"]) if params["complete_from"] else since
+    complete = begins is not None and begins <= complete_from
     present = present_rows(params, acked, files)
     lost = sorted(set(acked) - present)
     lost_times = [acked[r] for r in lost]
     result = {
-        "changed": False, "acked": len(acked), "present": len(acked) - len(lost), "lost": len(lost),
+        "changed": False, "counted": True, "acked": len(acked), "present": len(acked) - len(lost), "lost": len(lost),
         "lost_rows": lost[:LOST_ROWS_MAX], "first_lost_at": stamp(min(lost_times, default=None)),
         "last_lost_at": stamp(max(lost_times, default=None)),
         "last_acked_at": stamp(max(acked.values(), default=None)), "files_read": files,
+        "logs_begin_at": stamp(begins), "complete": complete,
     }
     detail = ""
     if lost:
         detail = " (rows %s%s, acknowledged %s to %s)" % (
             ", ".join(map(str, lost[:5])), ", ..." if len(lost) > 5 else "", result["first_lost_at"],
             result["last_lost_at"])
-    result["msg"] = "%d acknowledged writes lost of %d since %s%s: %d in %s on %s/%s; %d log files read" % (
-        len(lost), len(acked), stamp(since), detail, result["present"], name, params["host"], params["database"],
-        len(files))
+    result["msg"] = "%s%d acknowledged writes lost of %d since %s%s: %d in %s on %s/%s; %d log files read" % (
+        "" if complete else "at least ", len(lost), len(acked), stamp(since), detail, result["present"], name,
+        params["host"], params["database"], len(files))
+    if not complete:
+        result["msg"] += "; the logs begin at %s, after %s: earlier acknowledgements are not in them" % (
+            stamp(begins), stamp(complete_from))
     return result
 
 
@@ -216,6 +256,8 @@ def argument_spec():
         log_paths=dict(type="list", elements="path", required=True),
         since=dict(type="str", required=True),
         table=dict(type="str", default="messages"),
+        missing_logs=dict(type="str", default="fail", choices=["fail", "unknown"]),
+        complete_from=dict(type="str"),
     )
     return spec
 
@@ -224,10 +266,12 @@ def validate(params):
     errors = validate_common(params)
     if not params["log_paths"] or any(not p for p in params["log_paths"]):
         errors.append("log_paths must list at least one glob, none empty")
-    try:
-        parse_time(params["since"])
-    except ValueError as exc:
-        errors.append("since must be an ISO 8601 time with a UTC offset: %s" % exc)
+    for key in ("since", "complete_from"):
+        try:
+            if key == "since" or params[key]:
+                parse_time(params[key])
+        except ValueError as exc:
+            errors.append("%s must be an ISO 8601 time with a UTC offset: %s" % (key, exc))
     if not (params["table"] or "").strip(".") or not qualified(params["table"])[1]:
         errors.append("table must name a table")
     return errors

@@ -25,7 +25,8 @@ READS_MIGRATE_LEDGER = ("rollback", "decommission")
 # Extra variables only the CLI sets.
 RESERVED_EXTRAVARS = ("aiadmin_run", "aiadmin_state_dir")
 LOCK_HELD = "run lock held by"
-MAINTENANCE_JOBS = ("keys", "redis", "logs")
+MAINTENANCE_JOBS = ("keys", "redis", "logs", "rotate-db")
+MAINTENANCE_DEFAULT = ("keys", "redis", "logs")  # rotate-db only when asked for
 
 PLAYBOOKS = {
     "gates": ("playbooks/gates.yml", "read-only go/no-go report (database reachability and pool)", False),
@@ -68,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="create lab-db-new afresh: a new managed-PostgreSQL stand-in (own CA and address, "
                        "empty database) for dr-restore-db; prints the -e values that point at it")
 
+    health_p = sub.add_parser("health", help="read-only health of the app hosts: database latency and pool, session "
+                              "keys, PM2, Redis, egress, CA, backups (exit 0 ok, 1 warning, 2 critical, 3 unknown)")
+    health_p.add_argument("-i", "--inventory", default="lab", help="'lab' (default), 'production' or a path")
+    health_p.add_argument("--limit", help="limit to these hosts")
+    health_p.add_argument("-e", "--extra", action="append", default=[], metavar="KEY=VALUE",
+                          help="extra variable, e.g. health_hosts=old (never a secret)")
+    health_p.add_argument("--json", action="store_true", help="one JSON document per run (schema_version 1)")
+    health_p.add_argument("--watch", type=positive_int, metavar="N", help="run again every N seconds")
+    health_p.add_argument("--times", type=positive_int, metavar="K", help="with --watch: stop after K runs")
+    health_p.add_argument("--samples", type=positive_int, default=50,
+                          help="SELECT 1 round trips timed for the latency percentiles (default 50)")
+    health_p.add_argument("--latency-warn-ms", type=float, default=5.0, help="p95 above this is a warning (5)")
+    health_p.add_argument("--latency-critical-ms", type=float, default=20.0, help="p95 above this is critical (20)")
+
     for name, (_, help_text, needs_confirm) in PLAYBOOKS.items():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("-i", "--inventory", default="lab",
@@ -91,12 +106,35 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--host", help="the app host (inventory name) to recover (default: the new host)")
         if name == "maintain":
             p.add_argument("--job", action="append", choices=MAINTENANCE_JOBS, default=[],
-                           help="a job to run (repeatable; default all, in the order keys, redis, logs)")
+                           help="a job to run (repeatable; default keys, redis, logs in that order; rotate-db "
+                           "only when named: the new password comes from the vault)")
             p.add_argument("--dry-run", action="store_true", help="count what each job would do; change nothing")
         if name == "unlock":
             p.add_argument("--force", action="store_true",
                            help="remove the lock whoever holds it (default: only a holder proven dead)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def health_command(args: argparse.Namespace) -> int:
+    from aiadmin_ops import health
+
+    inventory = state.inventory_path(args.inventory)
+    if not inventory.exists():
+        print(f"aiadmin-ops: error: inventory {args.inventory!r} not found ({inventory})", file=sys.stderr)
+        return health.EXIT[health.UNKNOWN]
+    extravars = parse_extra(args.extra)
+    extravars["aiadmin_state_dir"] = str(state.state_dir())
+    return health.main(args, str(inventory), vault_ids(args.inventory), extravars)
 
 
 def parse_extra(items: list[str]) -> dict[str, str]:
@@ -219,7 +257,8 @@ def build_extravars(args: argparse.Namespace, run: dict | None = None) -> dict:
     if getattr(args, "webhook", None):
         extravars["migrate_webhook_url"] = args.webhook
     if command == "maintain":
-        extravars["maintenance_jobs"] = [job for job in MAINTENANCE_JOBS if job in args.job] or list(MAINTENANCE_JOBS)
+        extravars["maintenance_jobs"] = [job.replace("-", "_") for job in MAINTENANCE_JOBS
+                                         if job in args.job] or list(MAINTENANCE_DEFAULT)
         extravars["maintenance_dry_run"] = bool(args.dry_run)
     return extravars
 
@@ -292,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             elif args.action == "db-replacement":
                 lab.db_replacement()
             return 0
+        if args.command == "health":
+            return health_command(args)
         return run_command(args)
     except (lab.LabError, state.StateError, InventoryError) as exc:
         print(f"aiadmin-ops: error: {exc}", file=sys.stderr)

@@ -111,6 +111,12 @@ def test_counts_the_acknowledged_writes_a_database_lacks(run_module, pg_tls, db,
         "2026-12-03T09:39:00.000Z to 2026-12-03T09:50:15.000Z): 11 in public.messages on 127.0.0.1/acked_db; "
         "3 log files read")
     assert USER_PASSWORD not in run.stdout and USER_PASSWORD not in run.stderr
+    assert res["complete"] is True and res["logs_begin_at"] == "2026-12-03T08:50:00.000Z"
+
+    # Logs that begin after the time the count must be complete from: a lower bound, said so.
+    late = run_module("acked_writes", args(pg_tls, logs, complete_from="2026-12-03T08:00:00Z")).result
+    assert late["complete"] is False and late["lost"] == 4, late
+    assert late["msg"].startswith("at least 4 acknowledged writes lost") and "the logs begin at" in late["msg"]
 
     # Check mode reads the same and says the same.
     check = run_module("acked_writes", args(pg_tls, logs), check_mode=True)
@@ -157,6 +163,13 @@ def test_no_log_file_unreachable_or_unreadable_database_fail_clearly(run_module,
         run = run_module("acked_writes", args(pg_tls, logs, log_paths=patterns))
         assert run.failed and run.result["msg"] == "acked_writes: no log file matches " + ", ".join(patterns)
         assert run.result["summary"] == run.result["msg"]
+
+    # A host rebuilt after its loss has no log: with missing_logs=unknown, not counted (never zero).
+    run = run_module("acked_writes", args(pg_tls, logs, log_paths=globs, missing_logs="unknown"))
+    assert not run.failed and run.result["counted"] is False and run.result["lost"] is None, run.result
+    assert "cannot be counted: no log file matches" in run.result["msg"]
+    counted = run_module("acked_writes", args(pg_tls, logs, missing_logs="unknown")).result
+    assert counted["counted"] is True and counted["lost"] is not None
 
     run = run_module("acked_writes", args(pg_tls, logs, port=free_port()))
     assert run.failed and run.result["msg"].startswith("acked_writes: cannot reach 127.0.0.1:"), run.result

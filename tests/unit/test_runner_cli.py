@@ -352,6 +352,7 @@ def test_maintain_extravars(state_root):
     every = extravars_for("maintain")
     assert every["maintenance_jobs"] == ["keys", "redis", "logs"] and every["maintenance_dry_run"] is False
     assert "maintain_confirmed" not in every and cli_mod.PLAYBOOKS["maintain"][0] == "playbooks/maintenance.yml"
+    assert extravars_for("maintain", "--job", "rotate-db")["maintenance_jobs"] == ["rotate_db"]
     with pytest.raises(SystemExit):
         extravars_for("maintain", "--job", "vacuum")
 
