@@ -75,7 +75,8 @@ processes:
     name: {description: Process name, type: str}
     pm_id: {description: PM2 id, type: int}
     status: {description: PM2 status (online, stopped, errored, ...), type: str}
-    restarts: {description: Restart count, type: int}
+    restarts: {description: Restart count (reloads included), type: int}
+    unstable_restarts: {description: Restarts of a process that died before PM2's min_uptime (a crash loop), type: int}
     uptime_s: {description: Seconds since the process started (0 unless online), type: int}
     memory_bytes: {description: Resident memory in bytes, type: int}
     cpu_percent: {description: CPU percent, type: float}
@@ -159,6 +160,7 @@ def summarise(raw, now_ms):
         "pm_id": int(raw.get("pm_id", -1)),
         "status": status,
         "restarts": int(env.get("restart_time", 0) or 0),
+        "unstable_restarts": int(env.get("unstable_restarts", 0) or 0),
         "uptime_s": uptime,
         "memory_bytes": int(monit.get("memory", 0) or 0),
         "cpu_percent": float(monit.get("cpu", 0) or 0),

@@ -25,6 +25,8 @@ READS_MIGRATE_LEDGER = ("rollback", "decommission")
 # Extra variables only the CLI sets.
 RESERVED_EXTRAVARS = ("aiadmin_run", "aiadmin_state_dir")
 LOCK_HELD = "run lock held by"
+# Commands whose failure (and the success after it) goes to the alert webhook when one is set.
+ALERTED = ("backup", "backup-fetch", "restore-test", "maintain", "migrate", "dr-rebuild", "dr-restore-db")
 MAINTENANCE_JOBS = ("keys", "redis", "logs", "rotate-db")
 MAINTENANCE_DEFAULT = ("keys", "redis", "logs")  # rotate-db only when asked for
 
@@ -41,7 +43,8 @@ PLAYBOOKS = {
                      False),
     "backup-fetch": ("playbooks/backup_fetch.yml", "copy the backups the hosts' timers kept off-host, verify, prune",
                      False),
-    "backup-timers": ("playbooks/backup_timers.yml", "this controller's timers: backup-fetch, the weekly restore-test",
+    "backup-timers": ("playbooks/backup_timers.yml", "this controller's timers: backup-fetch, the weekly "
+                      "restore-test, health --alert, the keys and Redis maintenance",
                       False),
     "dr-rebuild": ("playbooks/dr_rebuild.yml", "disaster recovery: rebuild a lost app host on a bare machine from the "
                    "verified backups (--check: the plan)", True),
@@ -82,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="SELECT 1 round trips timed for the latency percentiles (default 50)")
     health_p.add_argument("--latency-warn-ms", type=float, default=5.0, help="p95 above this is a warning (5)")
     health_p.add_argument("--latency-critical-ms", type=float, default=20.0, help="p95 above this is critical (20)")
+    health_p.add_argument("--alert", action="store_true",
+                          help="send each condition that turns bad (and recovers) to the alert webhook, with cooldowns")
 
     for name, (_, help_text, needs_confirm) in PLAYBOOKS.items():
         p = sub.add_parser(name, help=help_text)
@@ -125,6 +130,36 @@ def positive_int(text: str) -> int:
     return value
 
 
+def alerter_for(inventory: Path, vids: list[str], extravars: dict):
+    """The Alerter of the inventory's webhook (vault_aiadmin_alert_webhook_url; -e
+    aiadmin_alert_webhook_url for an endpoint without a secret), or None when none is set."""
+    from aiadmin_ops.alerts import Alerter
+    from aiadmin_ops.runner import inventory_data, inventory_var
+
+    url, chat = extravars.get("aiadmin_alert_webhook_url", ""), extravars.get("aiadmin_alert_chat_id", "")
+    if not url:
+        data = inventory_data(str(inventory), vids)
+        url = inventory_var(data, "vault_aiadmin_alert_webhook_url", "aiadmin_alert_webhook_url")
+        chat = chat or inventory_var(data, "aiadmin_alert_chat_id")
+    if not url:
+        return None
+    try:
+        return Alerter(url, state.state_dir(), chat_id=str(chat))
+    except ValueError as exc:
+        raise SystemExit(f"aiadmin-ops: error: {exc}") from None
+
+
+def alert_run(command: str, alerter, result) -> None:
+    """A run of an ALERTED command: critical with its first failure, or ok (a recovery if it was alerted)."""
+    from aiadmin_ops import alerts
+
+    failure = result.failures[0] if result.failures else None
+    summary = (f"{result.verdict}: [{failure['phase']}] {failure['task']}: {failure['msg']}" if failure
+               else f"{result.verdict} in {result.ended - result.started:.0f} s")
+    scope, conditions = alerts.run_condition(command, result.ok, summary)
+    alerts.report(alerter.process(conditions, scope), sys.stdout)
+
+
 def health_command(args: argparse.Namespace) -> int:
     from aiadmin_ops import health
 
@@ -134,7 +169,13 @@ def health_command(args: argparse.Namespace) -> int:
         return health.EXIT[health.UNKNOWN]
     extravars = parse_extra(args.extra)
     extravars["aiadmin_state_dir"] = str(state.state_dir())
-    return health.main(args, str(inventory), vault_ids(args.inventory), extravars)
+    vids = vault_ids(args.inventory)
+    alerter = alerter_for(inventory, vids, extravars) if args.alert else None
+    if args.alert and alerter is None:
+        print("aiadmin-ops: error: --alert without an alert webhook: set vault_aiadmin_alert_webhook_url in the "
+              "vault", file=sys.stderr)
+        return health.EXIT[health.UNKNOWN]
+    return health.main(args, str(inventory), vids, extravars, alerter)
 
 
 def parse_extra(items: list[str]) -> dict[str, str]:
@@ -264,7 +305,7 @@ def build_extravars(args: argparse.Namespace, run: dict | None = None) -> dict:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from aiadmin_ops import report
+    from aiadmin_ops import alerts, report
     from aiadmin_ops.runner import inventory_probe_urls, run_playbook
 
     playbook, _, needs_confirm = PLAYBOOKS[args.command]
@@ -315,6 +356,12 @@ def run_command(args: argparse.Namespace) -> int:
     if remaining:
         print("remaining steps (re-run to continue from the first): " + " -> ".join(remaining))
     print(f"report: {json_path} and {html_path}")
+    # The webhook is looked up only when there is something to say: a failure, or a recovery.
+    if args.command in ALERTED and not args.check and (
+            not result.ok or alerts.active(state.state_dir(), f"run:{args.command}")):
+        alerter = alerter_for(inventory, vids, extravars)
+        if alerter is not None:
+            alert_run(args.command, alerter, result)
     return 0 if result.ok else 1
 
 

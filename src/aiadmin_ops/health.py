@@ -141,7 +141,8 @@ def check_pm2(rec: dict, limits: Limits) -> Check:
     mem_pct = round(used / total * 100, 1) if total and used is not None else None
     data = {"daemon_running": pm2.get("daemon_running"), "missing": pm2.get("missing") or [],
             "not_online": pm2.get("not_online") or [], "memory_used_pct": mem_pct,
-            "processes": [{k: p.get(k) for k in ("name", "status", "restarts", "memory_bytes", "uptime_s")}
+            "processes": [{k: p.get(k) for k in ("name", "status", "restarts", "unstable_restarts", "memory_bytes",
+                                                 "uptime_s")}
                           for p in procs]}
     if pm2.get("error") or not pm2.get("daemon_running"):
         return Check("pm2", CRITICAL, pm2.get("error") or "the PM2 daemon does not run", data)
@@ -149,11 +150,13 @@ def check_pm2(rec: dict, limits: Limits) -> Check:
     if data["missing"] or data["not_online"]:
         status = CRITICAL
         notes.append("not online: " + ", ".join(data["missing"] + data["not_online"]))
-    restarted = [f"{p['name']} {p['restarts']}" for p in procs
-                 if int(_num(p.get("restarts"), 0)) >= limits.restarts_warn]
-    if restarted:
+    # PM2's restart count includes every reload (a deploy, a rotation): the crash restarts are the
+    # unstable ones (the process died before min_uptime).
+    crashing = [f"{p['name']} {p['unstable_restarts']}" for p in procs
+                if int(_num(p.get("unstable_restarts"), 0)) >= limits.restarts_warn]
+    if crashing:
         status = worst([status, WARNING])
-        notes.append(f"restarts >= {limits.restarts_warn}: " + ", ".join(restarted))
+        notes.append(f"crash restarts >= {limits.restarts_warn}: " + ", ".join(crashing))
     if mem_pct is not None and mem_pct > limits.memory_critical_pct:
         status = CRITICAL
     elif mem_pct is not None and mem_pct > limits.memory_warn_pct:
@@ -265,7 +268,7 @@ def run_once(inventory: str, vault_ids: list[str], extravars: dict, limit: str |
     return evaluated
 
 
-def main(args, inventory: str, vault_ids: list[str], extravars: dict) -> int:
+def main(args, inventory: str, vault_ids: list[str], extravars: dict, alerter=None) -> int:
     limits = Limits(latency_warn_ms=args.latency_warn_ms, latency_critical_ms=args.latency_critical_ms)
     extravars = dict(extravars, health_db_samples=args.samples)
     times = 0
@@ -277,6 +280,12 @@ def main(args, inventory: str, vault_ids: list[str], extravars: dict) -> int:
             if args.watch and sys.stdout.isatty():
                 print("\033[2J\033[H", end="")
             print(render(result), flush=True)
+        if alerter is not None:
+            from aiadmin_ops import alerts
+
+            # In --json mode stdout stays one JSON document per run: the alert lines go to stderr.
+            alerts.report(alerter.process(alerts.health_conditions(result), alerts.HEALTH_SCOPE),
+                          sys.stderr if args.json else sys.stdout)
         times += 1
         if not args.watch or (args.times and times >= args.times):
             return result["exit_code"]

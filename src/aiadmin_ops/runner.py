@@ -152,9 +152,13 @@ def probe_urls_from_inventory_data(data: dict, groups: Iterable[str] = PROBE_GRO
 
 def inventory_probe_urls(inventory: str, vault_ids: list[str] | None = None, *,
                          groups: Iterable[str] = PROBE_GROUPS, timeout: int = 120) -> list[str]:
-    """The health URLs of the inventory's ``old`` and ``new`` hosts, from ``ansible-inventory --list``.
+    """The health URLs of the inventory's ``old`` and ``new`` hosts, from ``ansible-inventory --list``."""
+    return probe_urls_from_inventory_data(inventory_data(inventory, vault_ids, timeout=timeout), groups)
 
-    That JSON holds the decrypted vault: it is parsed here and never printed or written."""
+
+def inventory_data(inventory: str, vault_ids: list[str] | None = None, *, timeout: int = 120) -> dict:
+    """``ansible-inventory --list`` of the inventory. That JSON holds the decrypted vault: it is
+    parsed here and never printed or written."""
     cmd = [_venv_tool("ansible-inventory"), "-i", str(ROOT / inventory), "--list"]
     for vid in vault_ids or []:
         cmd += ["--vault-id", vid]
@@ -167,10 +171,20 @@ def inventory_probe_urls(inventory: str, vault_ids: list[str] | None = None, *,
         raise InventoryError(f"ansible-inventory on {inventory} failed (rc {proc.returncode}): "
                              f"{proc.stderr.strip()[-800:]}")
     try:
-        data = json.loads(proc.stdout)
+        return json.loads(proc.stdout)
     except json.JSONDecodeError:
         raise InventoryError(f"ansible-inventory on {inventory} printed no JSON") from None
-    return probe_urls_from_inventory_data(data, groups)
+
+
+def inventory_var(data: dict, *names: str) -> str:
+    """The first of the variables set (non-empty) on any host of ``inventory_data``'s result."""
+    hostvars = (data.get("_meta") or {}).get("hostvars") or {}
+    for name in names:
+        for host in sorted(hostvars):
+            value = hostvars[host].get(name)
+            if isinstance(value, str) and value.strip() and "{{" not in value:
+                return value.strip()
+    return ""
 
 
 def split_phase(task_name: str) -> tuple[str, str]:

@@ -46,11 +46,10 @@ def run_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def mask_url_passwords(text: str) -> str:
+    """text with the password of every scheme://user:password@ URL in it masked."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", str(text))
+
+
 def masked(env: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for key, value in env.items():
-        if looks_secret(key):
-            out[key] = MASK
-        else:
-            out[key] = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", str(value))
-    return out
+    return {key: MASK if looks_secret(key) else mask_url_passwords(value) for key, value in env.items()}

@@ -272,7 +272,12 @@ def test_controller_timers_fetch_the_hosts_sets_and_restore_test_them(backed_up,
     assert proc.returncode == 0 and "verified" in proc.stdout, proc.stdout[-3000:]
     names = sorted(p.name for p in units.iterdir())
     assert names == ["aiadmin-backup-fetch.service", "aiadmin-backup-fetch.timer",
+                     "aiadmin-health.service", "aiadmin-health.timer",
+                     "aiadmin-maintain-keys.service", "aiadmin-maintain-keys.timer",
                      "aiadmin-restore-test.service", "aiadmin-restore-test.timer"], names
+    health_unit = (units / "aiadmin-health.service").read_text()
+    assert "aiadmin-ops health --alert -i lab" in health_unit and "SuccessExitStatus=1 2" in health_unit
+    assert "maintain --job keys --job redis -i lab" in (units / "aiadmin-maintain-keys.service").read_text()
     # A backup by the host's timer service: on the host, not yet off-host.
     before = {m["file"] for m in offhost_manifests()}
     on_host_before = set(host_sets())
@@ -302,7 +307,8 @@ def test_controller_timers_fetch_the_hosts_sets_and_restore_test_them(backed_up,
     try:
         on_host("systemctl", "daemon-reload")
         for timer, calendar, day in (("aiadmin-backup-fetch.timer", "*-*-* *:10:00", ""),
-                                     ("aiadmin-restore-test.timer", "Sun *-*-* 03:00:00", "Sun ")):
+                                     ("aiadmin-restore-test.timer", "Sun *-*-* 03:00:00", "Sun "),
+                                     ("aiadmin-maintain-keys.timer", "*-*-* 04:30:00", "")):
             on_host("systemctl", "start", timer)
             show = on_host("systemctl", "show", timer, "--property=TimersCalendar,Persistent").stdout
             assert "Persistent=yes" in show and calendar in show, show

@@ -5,7 +5,10 @@
 - expired session keys past the warning threshold: exit 1, naming the keys check;
 - the database black-holed (lab-new's packets to it dropped, nothing answers): exit 2 within the
   connect timeout's bound, the database critical, the checks that need it unknown;
-- an inventory that does not exist: exit 3; `--watch 1 --times 2` shows two views.
+- an inventory that does not exist: exit 3; `--watch 1 --times 2` shows two views;
+- with --alert, the black-holed database sends one alert per condition to a webhook receiver on
+  the controller's loopback, the same run again sends nothing (cooldowns), and the run after the
+  database is back sends the recoveries; no secret in any message.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pytest
 from tests.lab import test_dr_lab as dr
 from tests.lab import test_maintenance_lab as maint
 from tests.lab.test_maintenance_lab import serving  # noqa: F401 - the fixture: lab-new serving on lab-db
+from tests.unit.test_alerts import Receiver
 
 pytestmark = [pytest.mark.lab, pytest.mark.maintenance]
 
@@ -68,14 +72,18 @@ def test_expired_keys_past_the_warning_threshold(serving, vault):  # noqa: F811
     assert keys["status"] == "warning" and keys["data"]["expired"] >= 150 and "session_keys warning" in doc["reason"]
 
 
-def test_a_black_holed_database_is_critical(serving):  # noqa: F811
+def test_a_black_holed_database_is_critical(serving, vault):  # noqa: F811
+    receiver = Receiver()
+    alert = ("--alert", "-e", f"aiadmin_alert_webhook_url={receiver.url}")
     rule = (f"add table inet {NFT_TABLE}; add chain inet {NFT_TABLE} out {{ type filter hook output priority 0; }}; "
             f"add rule inet {NFT_TABLE} out ip daddr 10.213.20.10 tcp dport 5432 drop")
     dr.on_host("nft", rule)
     try:
         started = time.monotonic()
-        proc = health("--json")
+        proc = health("--json", *alert)
         took = time.monotonic() - started
+        first = list(receiver.texts())
+        again = health("--json", *alert)
     finally:
         dr.on_host("nft", f"delete table inet {NFT_TABLE}")
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -88,6 +96,24 @@ def test_a_black_holed_database_is_critical(serving):  # noqa: F811
     while time.time() < deadline and dr.health().get("status") != "healthy":
         time.sleep(1)
     assert dr.health()["status"] == "healthy"
+
+    # One alert per condition, nothing more within the cooldowns, then the recoveries.
+    # The app's /health waits on the database too: its check times out as well.
+    assert sorted(t.split(":", 2)[1].split(" ")[0] for t in first if t.startswith("[")) == [
+        "lab-new/app", "lab-new/database", "lab-new/pool", "lab-new/session_keys"], first
+    assert any(t.startswith("[CRITICAL] health:lab-new/database: ") for t in first) and again.returncode == 2
+    assert receiver.texts() == first, "the same conditions again within their cooldowns: no message"
+    back = health("-e", "health_pool_warn_pct=90", "--latency-warn-ms", "100", "--latency-critical-ms", "500",
+                  *alert)
+    receiver.server.shutdown()
+    recovered = receiver.texts()[len(first):]
+    assert back.returncode == 0, back.stdout[-2000:]
+    assert sorted(t.split(" ")[1] for t in recovered) == [
+        "health:lab-new/app:", "health:lab-new/database:", "health:lab-new/pool:", "health:lab-new/session_keys:"], \
+        recovered
+    assert all(t.startswith("[RECOVERED] ") for t in recovered)
+    for text in receiver.texts():
+        assert vault["vault_aiadmin_db_password"] not in text and vault["vault_aiadmin_redis_password"] not in text
 
 
 def test_unknown_without_an_inventory_and_the_watch(serving):  # noqa: F811

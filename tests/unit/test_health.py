@@ -86,8 +86,10 @@ def test_levels_from_the_modules_and_the_app_pool_waiting():
 def test_processes_restarts_and_memory():
     assert statuses(changed(pm2__not_online=["baileys-whatsapp-service"]))["pm2"] == "critical"
     assert statuses(changed(pm2__daemon_running=False))["pm2"] == "critical"
-    procs = [{"name": "ai-admin-api", "status": "online", "restarts": 5, "memory_bytes": 1}]
-    assert statuses(changed(pm2__processes=procs))["pm2"] == "warning"
+    reloaded = [{"name": "ai-admin-api", "status": "online", "restarts": 9, "unstable_restarts": 0, "memory_bytes": 1}]
+    assert statuses(changed(pm2__processes=reloaded))["pm2"] == "ok"  # reloads are not crashes
+    crashing = [{"name": "ai-admin-api", "status": "online", "restarts": 9, "unstable_restarts": 3, "memory_bytes": 1}]
+    assert statuses(changed(pm2__processes=crashing))["pm2"] == "warning"
     assert statuses(changed(memory={"real": {"total": 1000}, "nocache": {"used": 800}}))["pm2"] == "warning"
     assert statuses(changed(memory={"real": {"total": 1000}, "nocache": {"used": 950}}))["pm2"] == "critical"
 
