@@ -10,14 +10,14 @@ module: redis_password
 short_description: Add or remove a password of a Redis ACL user (both valid during a rotation)
 description:
   - Logs in first with I(password) and with I(new_password) and returns which works.
-  - I(state=add) - C(ACL SETUSER <user> on >new_password), logged in with whichever password works:
+  - I(state=add) - C(ACL SETUSER <user> on >new_password), logged in with whichever password works;
     the user keeps its other passwords, so clients on the current one keep working while they
     switch. Nothing to do when the new one already logs in.
-  - I(state=remove) - C(ACL SETUSER <user> <password), logged in with I(new_password): the current
+  - I(state=remove) - C(ACL SETUSER <user> <password), logged in with I(new_password); the current
     one stops working. Nothing to do when it is already refused. Refused (nothing changed) unless
     the new one logs in, so the user is never left without a password that works.
   - I(state=check) and check mode only log in and report.
-  - The live server changes; persisting the password in C(redis.conf) is the redis role's, after.
+  - The live server changes; persisting the password in C(redis.conf) is the redis role's job, after.
     The passwords travel only inside the connection and are never returned.
 version_added: "1.0.0"
 options:

@@ -27,8 +27,8 @@ RESERVED_EXTRAVARS = ("aiadmin_run", "aiadmin_state_dir")
 LOCK_HELD = "run lock held by"
 # Commands whose failure (and the success after it) goes to the alert webhook when one is set.
 ALERTED = ("backup", "backup-fetch", "restore-test", "maintain", "migrate", "dr-rebuild", "dr-restore-db")
-MAINTENANCE_JOBS = ("keys", "redis", "logs", "rotate-db")
-MAINTENANCE_DEFAULT = ("keys", "redis", "logs")  # rotate-db only when asked for
+MAINTENANCE_JOBS = ("keys", "redis", "logs", "rotate-db", "rotate-redis")
+MAINTENANCE_DEFAULT = ("keys", "redis", "logs")  # the rotations only when asked for
 
 PLAYBOOKS = {
     "gates": ("playbooks/gates.yml", "read-only go/no-go report (database reachability and pool)", False),
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "maintain":
             p.add_argument("--job", action="append", choices=MAINTENANCE_JOBS, default=[],
                            help="a job to run (repeatable; default keys, redis, logs in that order; rotate-db "
-                           "only when named: the new password comes from the vault)")
+                           "and rotate-redis only when named: the new password comes from the vault)")
             p.add_argument("--dry-run", action="store_true", help="count what each job would do; change nothing")
         if name == "unlock":
             p.add_argument("--force", action="store_true",

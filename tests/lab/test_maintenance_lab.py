@@ -19,12 +19,14 @@ itself when it does not serve.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,7 @@ BUCKETS = {"0-1d": "6 hours", "1-7d": "3 days", "7-14d": "10 days", "14-30d": "2
 SEEDED = {1001: {"0-1d": 7, "1-7d": 11, "7-14d": 5, "14-30d": 9, ">30d": 13}, OTHER: {"1-7d": 21}}
 PROTECTED, FRESH = 6, 8  # company 1001: expired app-state-sync-keys; session keys valid for 7 days
 LOG_DIR = "/opt/ai-admin/shared/logs"
+OLD_URL = "http://10.213.10.20:3000"
 
 
 def cli(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -52,23 +55,34 @@ def stats(report: dict) -> dict:
     return report["custom_stats"]["maintenance"]
 
 
-@pytest.fixture(scope="module")
-def serving(lab):
-    shutil.rmtree(STATE, ignore_errors=True)
-    STATE.mkdir(parents=True, mode=0o700)
-    try:
-        healthy = dr.health()["status"] == "healthy"
-    except OSError:
-        healthy = False
-    # Serving on lab-db with the lab's CA (after dr_db, lab-new serves on lab-db-new, with its CA).
+def ensure_serving_on_lab_db() -> None:
+    """lab-new serving alone on lab-db with the lab's CA; provisioned, reset and deployed only when not.
+
+    (After the database-loss tests lab-new serves on lab-db-new, with its CA; after a window lab-old
+    may serve.)"""
+    def serves(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=3) as resp:  # noqa: S310 (lab URL)
+                return json.loads(resp.read()).get("status") == "healthy"
+        except (OSError, ValueError):
+            return False
+
     env = dr.on_host("cat", dr.ENV_FILE, check=False).stdout
     ca = dr.on_host("cat", "/root/.cloud-certs/root.crt", check=False).stdout
     on_lab_db = re.search(r"(?m)^POSTGRES_HOST=['\"]?10\.213\.20\.10['\"]?$", env)
-    if not (healthy and on_lab_db and ca == (dr.ROOT / "lab/state/ca.crt").read_text()):
+    if not (serves(dr.NEW_URL) and on_lab_db and ca == (dr.ROOT / "lab/state/ca.crt").read_text()
+            and not serves(OLD_URL)):
         dr.play("playbooks/provision.yml", "-l", "lab-new")
         dr.play("lab/story-reset.yml", "-e", "lab_reset_start_old=false")
         dr.play("playbooks/deploy.yml", "-e", "deploy_hosts=new")
     assert dr.health()["status"] == "healthy"
+
+
+@pytest.fixture(scope="module")
+def serving(lab):
+    shutil.rmtree(STATE, ignore_errors=True)
+    STATE.mkdir(parents=True, mode=0o700)
+    ensure_serving_on_lab_db()
 
 
 def seed_keys(conn) -> None:
@@ -170,9 +184,10 @@ return n
 """
 
 
-def redis(vault: dict, *commands: str) -> list[str]:
+def redis(vault: dict, *commands: str, password: str | None = None) -> list[str]:
     """redis-cli on lab-new, the password sent as the first command on stdin (never on argv)."""
-    quoted = "".join(f"\\x{b:02x}" for b in vault["vault_aiadmin_redis_password"].encode())  # redis-cli's quoting
+    secret = vault["vault_aiadmin_redis_password"] if password is None else password
+    quoted = "".join(f"\\x{b:02x}" for b in secret.encode())  # redis-cli's quoting
     lines = [f'AUTH "{quoted}"', *commands]
     proc = subprocess.run(["podman", "exec", "-i", dr.HOST, "redis-cli", "--no-raw"], input="\n".join(lines) + "\n",
                           capture_output=True, text=True, env=ENV, timeout=120, check=True)

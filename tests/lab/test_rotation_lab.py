@@ -1,4 +1,5 @@
-"""Credential rotation on the lab through the CLI (aiadmin-ops maintain --job rotate-db), the app serving on lab-new.
+"""Credential rotation on the lab through the CLI (aiadmin-ops maintain --job rotate-db / rotate-redis), the app
+serving on lab-new.
 
 The next password comes from the vault: a vault-encrypted vars file (LAB-ONLY fake secrets, the
 lab's vault password) named with -e maintenance_secrets_file. lab-db logs DDL (log_statement = ddl
@@ -8,13 +9,17 @@ for the app's role): no plaintext password may reach its log.
   .env and for the app, which serves; the output says not to promote;
 - the rotation: the next password logs in, the current one is refused, the app serves with the
   new .env, the backup job's pgpass follows; a second run has nothing to change;
-- back again (the next file names the new one as current): the lab ends as it began.
+- back again (the next file names the new one as current): the lab ends as it began;
+- Redis: a failure injected after the switch puts the current password back (server, redis.conf,
+  .env); the rotation leaves only the next one valid, persisted (Redis restarted, the app
+  reconnects with it); and back.
 """
 
 from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -104,3 +109,57 @@ def test_rotation_and_back(files):
                          capture_output=True, text=True, env=dr.ENV, check=False).stdout
     assert "ALTER ROLE" in log
     assert files["new"] not in log and files["current"] not in log
+
+
+def redis_logs_in(vault: dict, password: str) -> bool:
+    return maint.redis(vault, "PING", password=password)[-1:] == ["PONG"]
+
+
+@pytest.fixture(scope="module")
+def redis_files(serving, vault, tmp_path_factory):  # noqa: F811 - the imported fixture
+    tmp = tmp_path_factory.mktemp("redis-rotation")
+    tmp.chmod(0o700)
+    current = vault["vault_aiadmin_redis_password"]
+    new = f"LAB-FAKE-redis-{secrets.token_urlsafe(12)}"
+    forward = vaulted(tmp / "forward.yml", {"vault_aiadmin_redis_password_next": new})
+    back = vaulted(tmp / "back.yml", {"vault_aiadmin_redis_password": new,
+                                      "vault_aiadmin_redis_password_next": current})
+    yield {"current": current, "new": new, "forward": forward, "back": back}
+    if not redis_logs_in(vault, current):
+        maint.cli("maintain", "--job", "rotate-redis", "-e", f"maintenance_secrets_file={back}")
+
+
+def test_redis_rotation_failure_then_both_ways(redis_files, vault):
+    def run(name: str, *extra: str):
+        proc, _ = maint.cli("maintain", "--job", "rotate-redis", "-e",
+                            f"maintenance_secrets_file={redis_files[name]}", *extra)
+        return proc
+
+    env_before = dr.on_host("sha256sum", dr.ENV_FILE).stdout
+    conf_before = dr.on_host("sha256sum", "/etc/redis/redis.conf").stdout
+    failed = run("forward", "-e", "maintenance_rotate_test_fail=true")
+    assert failed.returncode == 1 and "ROTATION FAILED" in failed.stdout, failed.stdout[-3000:]
+    assert redis_logs_in(vault, redis_files["current"]) and not redis_logs_in(vault, redis_files["new"])
+    assert dr.on_host("sha256sum", dr.ENV_FILE).stdout == env_before
+    assert dr.on_host("sha256sum", "/etc/redis/redis.conf").stdout == conf_before
+    assert dr.health()["status"] == "healthy"
+
+    forward = run("forward")
+    assert forward.returncode == 0 and "ROTATED" in forward.stdout, forward.stdout[-3000:]
+    assert redis_logs_in(vault, redis_files["new"]) and not redis_logs_in(vault, redis_files["current"])
+    assert dr.health()["status"] == "healthy"
+    # Persisted: Redis restarted reads the next password from redis.conf; the app reconnects with it.
+    dr.on_host("systemctl", "restart", "redis-server")
+    assert redis_logs_in(vault, redis_files["new"]) and not redis_logs_in(vault, redis_files["current"])
+    deadline = time.time() + 30
+    while time.time() < deadline and dr.health().get("services", {}).get("redis") != "connected":
+        time.sleep(1)
+    assert dr.health()["status"] == "healthy"
+
+    back = run("back")
+    assert back.returncode == 0, back.stdout[-3000:]
+    assert redis_logs_in(vault, redis_files["current"]) and not redis_logs_in(vault, redis_files["new"])
+    assert dr.on_host("sha256sum", dr.ENV_FILE).stdout == env_before
+    assert dr.health()["status"] == "healthy"
+    for proc in (failed, forward, back):
+        assert redis_files["new"] not in proc.stdout and redis_files["current"] not in proc.stdout
