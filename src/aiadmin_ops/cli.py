@@ -134,10 +134,12 @@ def alerter_for(inventory: Path, vids: list[str], extravars: dict):
     """The Alerter of the inventory's webhook (vault_aiadmin_alert_webhook_url; -e
     aiadmin_alert_webhook_url for an endpoint without a secret), or None when none is set."""
     from aiadmin_ops.alerts import Alerter
-    from aiadmin_ops.runner import inventory_data, inventory_var
+    from aiadmin_ops.runner import inventory_data, inventory_var, mentions
 
     url, chat = extravars.get("aiadmin_alert_webhook_url", ""), extravars.get("aiadmin_alert_chat_id", "")
-    if not url:
+    # The inventory names aiadmin_alert_webhook_url in plain text when it has one (its value is the
+    # vault's): an inventory that does not is never decrypted for nothing.
+    if not url and mentions(str(inventory), "aiadmin_alert_webhook_url"):
         data = inventory_data(str(inventory), vids)
         url = inventory_var(data, "vault_aiadmin_alert_webhook_url", "aiadmin_alert_webhook_url")
         chat = chat or inventory_var(data, "aiadmin_alert_chat_id")

@@ -176,13 +176,29 @@ def inventory_data(inventory: str, vault_ids: list[str] | None = None, *, timeou
         raise InventoryError(f"ansible-inventory on {inventory} printed no JSON") from None
 
 
+PLACEHOLDER = re.compile(r"^<[A-Z0-9_ .-]+>$")  # the production example's <LIKE_THIS>
+
+
+def mentions(inventory: str, name: str) -> bool:
+    """Whether any file of the inventory's directory names the variable (read without the vault)."""
+    base = ROOT / inventory
+    base = base if base.is_dir() else base.parent
+    for path in base.rglob("*"):
+        try:
+            if path.is_file() and path.stat().st_size < 1_000_000 and name in path.read_text(errors="ignore"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def inventory_var(data: dict, *names: str) -> str:
-    """The first of the variables set (non-empty) on any host of ``inventory_data``'s result."""
+    """The first of the variables set (non-empty, not a placeholder) on any host of ``inventory_data``'s result."""
     hostvars = (data.get("_meta") or {}).get("hostvars") or {}
     for name in names:
         for host in sorted(hostvars):
             value = hostvars[host].get(name)
-            if isinstance(value, str) and value.strip() and "{{" not in value:
+            if isinstance(value, str) and value.strip() and "{{" not in value and not PLACEHOLDER.match(value.strip()):
                 return value.strip()
     return ""
 

@@ -122,3 +122,21 @@ def test_health_results_become_conditions():
                                                 "health:lab-new/redis": ("ok", "ok")}
     assert alerts.health_conditions({"status": "unknown", "reason": "no inventory", "hosts": {}}) == {
         "health:run": ("unknown", "no inventory")}
+
+
+def test_the_webhook_comes_from_the_inventory_or_minus_e_and_never_a_placeholder(tmp_path, monkeypatch):
+    from aiadmin_ops import cli, runner, state
+
+    monkeypatch.setenv("AIADMIN_STATE_DIR", str(tmp_path))
+    lab = state.inventory_path("lab")
+    assert not runner.mentions(str(lab), "aiadmin_alert_webhook_url")
+    assert cli.alerter_for(lab, [], {}) is None  # the lab names no webhook: no vault read at all
+    given = cli.alerter_for(lab, [], {"aiadmin_alert_webhook_url": "http://127.0.0.1:9/hook"})
+    assert given is not None and given.url == "http://127.0.0.1:9/hook"
+    assert runner.mentions(str(state.inventory_path("production")), "aiadmin_alert_webhook_url")
+    data = {"_meta": {"hostvars": {"h": {"aiadmin_alert_chat_id": "<TELEGRAM_CHAT_ID>",
+                                         "aiadmin_alert_webhook_url": "{{ vault_aiadmin_alert_webhook_url }}",
+                                         "vault_aiadmin_alert_webhook_url": "https://hooks.example/x"}}}}
+    assert runner.inventory_var(data, "aiadmin_alert_chat_id") == ""
+    assert runner.inventory_var(data, "vault_aiadmin_alert_webhook_url", "aiadmin_alert_webhook_url") == \
+        "https://hooks.example/x"
