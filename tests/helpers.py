@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +78,32 @@ def redis_process(workdir: Path, port: int, password: str, extra_conf: str = "")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+TOKEN = "123456:LAB-FAKE-telegram-token"  # a fake, in the URL path like a Telegram bot token
+
+
+class Receiver:
+    """An alert webhook on the controller's loopback: every POSTed JSON body, in order."""
+
+    def __init__(self, status: int = 200):
+        self.messages: list[dict] = []
+        self.status = status
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                outer.messages.append({"path": self.path, **json.loads(body)})
+                self.send_response(outer.status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/bot{TOKEN}/sendMessage"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def texts(self) -> list[str]:
+        return [m["text"] for m in self.messages]

@@ -214,14 +214,16 @@ def present_rows(params, rows, files):
 def measure(params):
     since = parse_time(params["since"])
     name = "%s.%s" % qualified(params["table"])
-    if params["missing_logs"] == "unknown" and not any(os.path.isfile(p) for g in params["log_paths"]
-                                                       for p in glob.glob(g)):
+    try:
+        files = log_files(params["log_paths"])
+    except AckedError:
+        if params["missing_logs"] != "unknown":
+            raise
         return {"changed": False, "counted": False, "acked": None, "present": None, "lost": None, "lost_rows": [],
                 "first_lost_at": None, "last_lost_at": None, "last_acked_at": None, "files_read": [],
                 "logs_begin_at": None, "complete": False,
                 "msg": "the acknowledged writes since %s cannot be counted: no log file matches %s (lost with the "
                        "host?)" % (stamp(since), ", ".join(params["log_paths"]))}
-    files = log_files(params["log_paths"])
     acked, begins = acknowledgements(files, since)
     complete_from = parse_time(params["complete_from"]) if params["complete_from"] else since
     complete = begins is not None and begins <= complete_from

@@ -18,10 +18,10 @@ import time
 
 import pytest
 
+from tests.helpers import Receiver
 from tests.lab import test_dr_lab as dr
 from tests.lab import test_maintenance_lab as maint
 from tests.lab.test_maintenance_lab import serving  # noqa: F401 - the fixture: lab-new serving on lab-db
-from tests.unit.test_alerts import Receiver
 
 pytestmark = [pytest.mark.lab, pytest.mark.maintenance]
 

@@ -57,17 +57,23 @@ def rotate(secrets_file: Path, *extra: str):
     return proc
 
 
+def rotation_files(tmp: Path, vault: dict, secret: str) -> dict:
+    """The two vaulted files of a rotation of vault_aiadmin_<secret>: forward (a new LAB-ONLY fake as
+    the next one) and back (that one as current, the lab's own as next)."""
+    tmp.chmod(0o700)
+    current = vault[f"vault_aiadmin_{secret}"]
+    new = f"LAB-FAKE-{secret}-{secrets.token_urlsafe(12)}"
+    forward = vaulted(tmp / "forward.yml", {f"vault_aiadmin_{secret}_next": new})
+    back = vaulted(tmp / "back.yml", {f"vault_aiadmin_{secret}": new, f"vault_aiadmin_{secret}_next": current})
+    return {"current": current, "new": new, "forward": forward, "back": back}
+
+
 @pytest.fixture(scope="module")
 def files(serving, vault, tmp_path_factory):  # noqa: F811 - the imported fixture
-    tmp = tmp_path_factory.mktemp("rotation")
-    tmp.chmod(0o700)
-    current = vault["vault_aiadmin_db_password"]
-    new = f"LAB-FAKE-rotated-{secrets.token_urlsafe(12)}"
-    forward = vaulted(tmp / "forward.yml", {"vault_aiadmin_db_password_next": new})
-    back = vaulted(tmp / "back.yml", {"vault_aiadmin_db_password": new, "vault_aiadmin_db_password_next": current})
-    yield {"current": current, "new": new, "forward": forward, "back": back}
-    if not logs_in(current):  # a failed test: leave the lab on its own password
-        rotate(back)
+    made = rotation_files(tmp_path_factory.mktemp("rotation"), vault, "db_password")
+    yield made
+    if not logs_in(made["current"]):  # a failed test: leave the lab on its own password
+        rotate(made["back"])
 
 
 def test_a_failure_after_the_change_puts_the_current_password_back(files):
@@ -117,16 +123,10 @@ def redis_logs_in(vault: dict, password: str) -> bool:
 
 @pytest.fixture(scope="module")
 def redis_files(serving, vault, tmp_path_factory):  # noqa: F811 - the imported fixture
-    tmp = tmp_path_factory.mktemp("redis-rotation")
-    tmp.chmod(0o700)
-    current = vault["vault_aiadmin_redis_password"]
-    new = f"LAB-FAKE-redis-{secrets.token_urlsafe(12)}"
-    forward = vaulted(tmp / "forward.yml", {"vault_aiadmin_redis_password_next": new})
-    back = vaulted(tmp / "back.yml", {"vault_aiadmin_redis_password": new,
-                                      "vault_aiadmin_redis_password_next": current})
-    yield {"current": current, "new": new, "forward": forward, "back": back}
-    if not redis_logs_in(vault, current):
-        maint.cli("maintain", "--job", "rotate-redis", "-e", f"maintenance_secrets_file={back}")
+    made = rotation_files(tmp_path_factory.mktemp("redis-rotation"), vault, "redis_password")
+    yield made
+    if not redis_logs_in(vault, made["current"]):
+        maint.cli("maintain", "--job", "rotate-redis", "-e", f"maintenance_secrets_file={made['back']}")
 
 
 def test_redis_rotation_failure_then_both_ways(redis_files, vault):

@@ -3,40 +3,12 @@ the runbooks' cooldowns, escalation, recovery, an unreachable webhook retried, n
 
 from __future__ import annotations
 
-import json
 import stat
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from aiadmin_ops import alerts
-
-TOKEN = "123456:LAB-FAKE-telegram-token"
-
-
-class Receiver:
-    def __init__(self, status: int = 200):
-        self.messages: list[dict] = []
-        self.status = status
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                outer.messages.append({"path": self.path, **json.loads(body)})
-                self.send_response(outer.status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/bot{TOKEN}/sendMessage"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def texts(self) -> list[str]:
-        return [m["text"] for m in self.messages]
+from tests.helpers import TOKEN, Receiver
 
 
 @pytest.fixture
