@@ -246,3 +246,37 @@ def test_log_rotation_loses_no_line(serving):
     missing = sorted(set(acked) - set(mine))
     assert not missing, f"{len(missing)} acknowledged writes have no log line: {missing[:10]}"
     assert len(mine) == len(set(mine)), "a line was logged twice"
+
+
+HOLD = "/usr/local/sbin/pm2-log-hold"
+PM2_HOME = "/home/aiadmin/.pm2"
+
+
+def daemon_threads() -> set[str]:
+    """The states of every thread of lab-new's PM2 daemon (T: stopped)."""
+    script = f'p=$(cat {PM2_HOME}/pm2.pid); for s in /proc/$p/task/*/stat; do sed "s/.*) //" $s | cut -c1; done'
+    return set(dr.on_host("sh", "-c", script).stdout.split())
+
+
+def test_the_rotation_holds_the_pm2_daemon_and_always_releases_it(serving):
+    """What makes copytruncate lossless: every thread of the daemon stopped, then running again,
+    by the postrotate or by the guard when logrotate never gets there; a stale pid is left alone."""
+    dr.on_host(HOLD, "hold", PM2_HOME, "30")
+    try:
+        assert daemon_threads() == {"T"}
+        dr.on_host(HOLD, "release", PM2_HOME)
+        assert "T" not in daemon_threads()
+        guard = f"test ! -e {PM2_HOME}/log-hold.pid && pgrep -fc '[s]leep 30; kill -CONT'"
+        guard = dr.on_host("sh", "-c", guard, check=False)
+        assert guard.stdout.strip() == "0", "the guard outlived the release"
+
+        dr.on_host(HOLD, "hold", PM2_HOME, "2")  # logrotate dies before its postrotate
+        assert daemon_threads() == {"T"}
+        time.sleep(3)
+        assert "T" not in daemon_threads(), "the guard did not release the daemon"
+
+        stale = f"d=$(mktemp -d) && echo 1 > $d/pm2.pid && {HOLD} hold $d 2 && ls $d"
+        stale = dr.on_host("sh", "-c", stale, check=False)
+        assert stale.returncode == 0 and stale.stdout.split() == ["pm2.pid"], stale
+    finally:
+        dr.on_host(HOLD, "release", PM2_HOME, check=False)
