@@ -107,3 +107,20 @@ class Receiver:
 
     def texts(self) -> list[str]:
         return [m["text"] for m in self.messages]
+
+
+ADHOC = [str(ROOT / ".venv/bin/ansible"), "localhost", "-i", "localhost,", "-c", "local",
+         "-e", "ansible_python_interpreter=/usr/bin/python3",
+         "-M", f"{ROOT / 'plugins/modules'}:{ROOT / 'roles/private_network/library'}"]
+
+
+def adhoc_module(name: str, args: dict, *, check: bool = False, netns: str | None = None) -> dict:
+    """Run one of the project's modules on this machine through Ansible; its result for localhost."""
+    cmd = [*ADHOC, "-m", name, "-a", json.dumps(args), *(["--check"] if check else [])]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=120)
+    assert "{" in proc.stdout, proc.stdout + proc.stderr
+    out, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])
+    return out["plays"][0]["tasks"][0]["hosts"]["localhost"]

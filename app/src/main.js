@@ -15,7 +15,8 @@
 // Stopping (SIGTERM/SIGINT): the API refuses new connections, closes idle keep-alive ones,
 // answers in-flight requests with `connection: close`, then waits for in-flight writes (at most
 // AIADMIN_SHUTDOWN_TIMEOUT_MS, 10000) before it closes the pools.
-// Test fixture: AIADMIN_DEMO_CRASH_ON_START=1 makes every role throw at start.
+// Test fixtures: AIADMIN_DEMO_CRASH_ON_START=1 makes every role throw at start;
+// AIADMIN_DEMO_CRASH_AFTER_MS=<n> makes it exit n ms after it started (PM2 restarts it).
 // Settings: `.env` in the working directory, loaded with dotenv first thing, as the real app
 // does (the process environment wins over the file).
 require('dotenv').config();
@@ -218,6 +219,13 @@ class App {
     if (this.role === 'ai-admin-api') await this.startApi();
     else this.every(int(this.cfg.AIADMIN_HEARTBEAT_MS, 15000), () => this.heartbeat());
     this.log('ready');
+    const crashAfter = int(this.cfg.AIADMIN_DEMO_CRASH_AFTER_MS, 0);
+    if (crashAfter > 0) {
+      setTimeout(() => {
+        this.warn(`FATAL: AIADMIN_DEMO_CRASH_AFTER_MS=${crashAfter}: this release is built to crash (test fixture)`);
+        process.exit(1);
+      }, crashAfter);
+    }
   }
 
   async heartbeat() {
@@ -467,4 +475,4 @@ async function main() {
 
 if (require.main === module) main();
 
-module.exports = { App, parseRole, loadConfig, lockKey, LOCK_CLASS };
+module.exports = { App, parseRole, loadConfig, lockKey, dbSettings, LOCK_CLASS };

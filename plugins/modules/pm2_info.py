@@ -113,59 +113,8 @@ counts:
   type: dict
 """
 
-import json
-import os
-import pwd
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-
-
-def daemon_running(pm2_home):
-    """True if the daemon of pm2_home is alive, judged from its files only."""
-    if not os.path.exists(os.path.join(pm2_home, "rpc.sock")):
-        return False
-    try:
-        with open(os.path.join(pm2_home, "pm2.pid"), encoding="ascii") as handle:
-            pid = int(handle.read().strip())
-    except (OSError, ValueError):
-        return False
-    return os.path.exists(f"/proc/{pid}")
-
-
-def extract_json_array(text):
-    """Find the JSON array in pm2's output (warnings/banners may precede or follow it)."""
-    decoder = json.JSONDecoder()
-    start = text.find("[")
-    while start != -1:
-        try:
-            value, _end = decoder.raw_decode(text, start)
-        except ValueError:
-            start = text.find("[", start + 1)
-            continue
-        if isinstance(value, list) and all(isinstance(item, dict) for item in value):
-            return value
-        start = text.find("[", start + 1)
-    raise ValueError("no JSON array of processes in the pm2 output")
-
-
-def summarise(raw, now_ms):
-    env = raw.get("pm2_env") or {}
-    monit = raw.get("monit") or {}
-    status = str(env.get("status", "unknown"))
-    started = env.get("pm_uptime") or 0
-    uptime = int(max(0, now_ms - started) / 1000) if status == "online" and started else 0
-    return {
-        "name": str(raw.get("name", "")),
-        "pm_id": int(raw.get("pm_id", -1)),
-        "status": status,
-        "restarts": int(env.get("restart_time", 0) or 0),
-        "unstable_restarts": int(env.get("unstable_restarts", 0) or 0),
-        "uptime_s": uptime,
-        "memory_bytes": int(monit.get("memory", 0) or 0),
-        "cpu_percent": float(monit.get("cpu", 0) or 0),
-        "pid": int(raw.get("pid", 0) or 0),
-    }
+from ansible.module_utils.pm2 import daemon_running, jlist
 
 
 def main():
@@ -192,23 +141,12 @@ def main():
             module.exit_json(**result)
         module.fail_json(msg="; ".join(result["reasons"]), **result)
 
-    user = module.params["pm2_user"] or pwd.getpwuid(os.stat(pm2_home).st_uid).pw_name
-    argv = [module.params["pm2_bin"], "jlist"]
-    if os.geteuid() == 0 and user != "root":
-        argv = ["runuser", "-u", user, "--", *argv]
-    env = {"PM2_HOME": pm2_home, "HOME": pwd.getpwnam(user).pw_dir}
-    # The daemon is alive (checked above), so `pm2 jlist` only talks to it over rpc.sock.
-    argv = ["timeout", str(module.params["timeout"]), *argv]
-    rc, out, err = module.run_command(argv, environ_update=env, check_rc=False)
-    if rc != 0:
-        module.fail_json(msg=f"pm2 jlist failed (rc={rc}): {err.strip() or out.strip()}", **result)
     try:
-        raw = extract_json_array(out)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc), stdout=out[-2000:], **result)
+        procs = jlist(module, pm2_home, module.params["pm2_user"], module.params["pm2_bin"],
+                      module.params["timeout"])
+    except (RuntimeError, ValueError) as exc:
+        module.fail_json(msg=str(exc), **result)
 
-    now_ms = time.time() * 1000
-    procs = [summarise(item, now_ms) for item in raw]
     names = {p["name"]: p for p in procs}
     result["daemon_running"] = True
     result["processes"] = procs

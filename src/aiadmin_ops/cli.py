@@ -27,7 +27,8 @@ RESERVED_EXTRAVARS = ("aiadmin_run", "aiadmin_state_dir")
 LOCK_HELD = "run lock held by"
 # Commands whose failure (and the success after it) goes to the alert webhook when one is set.
 ALERTED = ("backup", "backup-fetch", "restore-test", "maintain", "migrate", "dr-rebuild", "dr-restore-db")
-MAINTENANCE_JOBS = ("keys", "redis", "logs", "rotate-db", "rotate-redis")
+MAINTENANCE_JOBS = ("keys", "redis", "logs", "rotate-db", "rotate-redis", "weekly")
+WEEKLY_PLAYBOOK = "playbooks/weekly.yml"  # maintain --job weekly (alone): the weekly window
 MAINTENANCE_DEFAULT = ("keys", "redis", "logs")  # the rotations only when asked for
 
 PLAYBOOKS = {
@@ -51,7 +52,8 @@ PLAYBOOKS = {
     "dr-restore-db": ("playbooks/dr_restore_db.yml", "disaster recovery: restore the newest verified dump into the "
                       "new database instance the inventory names, repoint the app (--check: the plan)", True),
     "maintain": ("playbooks/maintenance.yml", "maintenance on the app host: expired session keys, the Redis context "
-                 "cache, log rotation (--job to choose, --dry-run to count only)", False),
+                 "cache, log rotation, password rotations, the weekly window (--job to choose, --dry-run to count "
+                 "or plan only)", False),
     "unlock": ("playbooks/unlock.yml", "clear the run lock a dead run left on the hosts (--check: show holders)",
                True),
 }
@@ -112,8 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "maintain":
             p.add_argument("--job", action="append", choices=MAINTENANCE_JOBS, default=[],
                            help="a job to run (repeatable; default keys, redis, logs in that order; rotate-db "
-                           "and rotate-redis only when named: the new password comes from the vault)")
+                           "and rotate-redis only when named: the new password comes from the vault; weekly alone: "
+                           "verified backup, .env backup, deploy, migration, health, watch)")
             p.add_argument("--dry-run", action="store_true", help="count what each job would do; change nothing")
+            p.add_argument("--version", help="weekly: the release to deploy (default: the inventory's "
+                           "aiadmin_app_version)")
+            p.add_argument("--watch-seconds", type=positive_int, help="weekly: how long to watch after the restart "
+                           "(default maintenance_weekly_watch_seconds, 600)")
         if name == "unlock":
             p.add_argument("--force", action="store_true",
                            help="remove the lock whoever holds it (default: only a holder proven dead)")
@@ -303,14 +310,33 @@ def build_extravars(args: argparse.Namespace, run: dict | None = None) -> dict:
         extravars["maintenance_jobs"] = [job.replace("-", "_") for job in MAINTENANCE_JOBS
                                          if job in args.job] or list(MAINTENANCE_DEFAULT)
         extravars["maintenance_dry_run"] = bool(args.dry_run)
+        if args.version:
+            extravars["aiadmin_app_version"] = args.version
+        if args.watch_seconds:
+            extravars["maintenance_weekly_watch_seconds"] = args.watch_seconds
     return extravars
+
+
+def playbook_of(args: argparse.Namespace) -> str:
+    """The command's playbook; maintain --job weekly runs the weekly window's own playbook, alone."""
+    playbook = PLAYBOOKS[args.command][0]
+    if args.command != "maintain":
+        return playbook
+    if "weekly" in args.job:
+        if set(args.job) != {"weekly"}:
+            raise SystemExit("aiadmin-ops: error: --job weekly runs alone (it is a window of its own)")
+        return WEEKLY_PLAYBOOK
+    if args.version or args.watch_seconds:
+        raise SystemExit("aiadmin-ops: error: --version and --watch-seconds are for --job weekly")
+    return playbook
 
 
 def run_command(args: argparse.Namespace) -> int:
     from aiadmin_ops import alerts, report
     from aiadmin_ops.runner import inventory_probe_urls, run_playbook
 
-    playbook, _, needs_confirm = PLAYBOOKS[args.command]
+    _, _, needs_confirm = PLAYBOOKS[args.command]
+    playbook = playbook_of(args)
     inventory = state.inventory_path(args.inventory)
     if not inventory.exists():
         raise SystemExit(f"aiadmin-ops: error: inventory {args.inventory!r} not found ({inventory})")

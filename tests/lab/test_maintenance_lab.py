@@ -280,3 +280,89 @@ def test_the_rotation_holds_the_pm2_daemon_and_always_releases_it(serving):
         assert stale.returncode == 0 and stale.stdout.split() == ["pm2.pid"], stale
     finally:
         dr.on_host(HOLD, "release", PM2_HOME, check=False)
+
+
+RELEASES = ("v1.0.0", "v1.1.0", "v1.2.0")  # lab/publish-app-repo.yml's tags
+
+
+def serving_release() -> str:
+    return dr.health()["release"]
+
+
+def another_release() -> str:
+    return next(r for r in RELEASES if r != serving_release())
+
+
+def unmigrate(vault) -> None:
+    """The demo app's migration pending again (its table and its record gone)."""
+    with dr.connect(vault) as conn:
+        conn.execute("DROP TABLE IF EXISTS booking_reminders, schema_migrations")
+
+
+def migrated(vault) -> tuple[bool, list[tuple[str, str]]]:
+    """(booking_reminders exists, (name, release) rows of schema_migrations)."""
+    with dr.connect(vault) as conn:
+        table = conn.execute("SELECT to_regclass('booking_reminders') IS NOT NULL").fetchone()[0]
+        if conn.execute("SELECT to_regclass('schema_migrations') IS NULL").fetchone()[0]:
+            return table, []
+        return table, conn.execute("SELECT name, release FROM schema_migrations ORDER BY 1").fetchall()
+
+
+def weekly(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    return cli("maintain", "--job", "weekly", "-e", "maintenance_weekly_watch_interval=2", *args)
+
+
+def test_weekly_backs_up_deploys_migrates_and_watches(serving, vault):
+    unmigrate(vault)
+    before, target = serving_release(), another_release()
+    backups = set((STATE / "backups/ai_admin").glob("*.manifest.json"))
+    proc, report = weekly("--version", target, "--watch-seconds", "12")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert set((STATE / "backups/ai_admin").glob("*.manifest.json")) - backups, "no new verified backup off-host"
+    assert f"{before} -> {target}" in out and "migrate: applied 001_booking_reminders.sql" in out
+    assert migrated(vault) == (True, [("001_booking_reminders.sql", target)])
+    assert dr.health()["release"] == target and dr.health()["status"] == "healthy"
+    week = stats(report)["weekly"]
+    assert week["from"] == before and week["to"] == target and week["verdict"] == "succeeded"
+    assert week["watch"]["verdict"] == "ok" and week["watch"]["samples"] >= 3, week
+
+
+def test_weekly_dry_run_and_bad_release_change_nothing(serving, vault):
+    before, pids = serving_release(), dr.pm2_pids(dr.HOST)
+    proc, report = weekly("--version", another_release(), "--dry-run")
+    assert proc.returncode == 0 and "dry run: stopping here" in proc.stdout, proc.stdout[-3000:]
+    assert stats(report)["weekly"]["dry_run"] is True
+    proc, _ = weekly("--version", "v9.9.9")
+    assert proc.returncode == 1 and 'REFUSED: release "v9.9.9" is neither a tag nor a branch' in proc.stdout
+    assert "phase run" not in proc.stdout, "a refused window took a backup"
+    assert serving_release() == before and dr.pm2_pids(dr.HOST) == pids
+
+
+def test_weekly_failing_migration_leaves_the_old_release_serving(serving, vault):
+    unmigrate(vault)
+    before, pids = serving_release(), dr.pm2_pids(dr.HOST)
+    proc, _ = weekly("--version", another_release(), "-e", "app_demo_migration_fail=true")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "MIGRATION FAILED" in out and f"current still points to {before}" in out, out[-3000:]
+    assert migrated(vault) == (False, []), "the failed migration left its table or its record"
+    assert serving_release() == before and dr.pm2_pids(dr.HOST) == pids, "the serving release was touched"
+    assert dr.health()["status"] == "healthy"
+
+
+def test_weekly_watch_trigger_rolls_the_release_back(serving, vault):
+    """The new release passes the deploy's health check, then its processes crash every ~13 s:
+    the watch sees more restarts than allowed and the window goes back to the release before."""
+    before, target = serving_release(), another_release()
+    proc, report = weekly("--version", target, "--watch-seconds", "60", "-e", "app_demo_crash_after_ms=12000")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "ROLLBACK TRIGGER on lab-new: restarts" in out and "WEEKLY WINDOW FAILED, ROLLED BACK" in out, out[-3000:]
+    week = stats(report)["weekly"]
+    assert week["verdict"] == "rolled back" and week["watch"]["trigger"]["name"] == "restarts", week
+    assert week["watch"]["elapsed_s"] < 60, "the watch did not stop at the trigger"
+    assert serving_release() == before
+    pids = dr.pm2_pids(dr.HOST)
+    time.sleep(14)  # longer than the crashing release lived: the release back in place stays up
+    assert dr.pm2_pids(dr.HOST) == pids and dr.health()["status"] == "healthy"

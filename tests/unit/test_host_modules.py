@@ -3,7 +3,6 @@ real dpkg database and real interfaces (a network namespace the test creates).""
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
@@ -13,23 +12,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import ROOT
-
-ADHOC = [str(ROOT / ".venv/bin/ansible"), "localhost", "-i", "localhost,", "-c", "local",
-         "-e", "ansible_python_interpreter=/usr/bin/python3",
-         "-M", f"{ROOT / 'plugins/modules'}:{ROOT / 'roles/private_network/library'}"]
-ENV = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
-
-
-def module(name: str, args: dict, *, check: bool = False, netns: str | None = None) -> dict:
-    cmd = [*ADHOC, "-m", name, "-a", json.dumps(args), *(["--check"] if check else [])]
-    if netns:
-        cmd = ["ip", "netns", "exec", netns, *cmd]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=False, timeout=120)
-    assert "{" in proc.stdout, proc.stdout + proc.stderr
-    out, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])
-    return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
-
+from tests.helpers import adhoc_module as module
 
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="needs a Debian host")
 

@@ -357,6 +357,21 @@ def test_maintain_extravars(state_root):
         extravars_for("maintain", "--job", "vacuum")
 
 
+def test_maintain_weekly_runs_its_own_playbook_alone(state_root):
+    args = cli_mod.build_parser().parse_args(["maintain", "--job", "weekly", "--version", "v1.2.0",
+                                             "--watch-seconds", "30"])
+    assert cli_mod.playbook_of(args) == "playbooks/weekly.yml"
+    ev = extravars_for("maintain", "--job", "weekly", "--version", "v1.2.0", "--watch-seconds", "30")
+    assert ev["aiadmin_app_version"] == "v1.2.0" and ev["maintenance_weekly_watch_seconds"] == 30
+    assert cli_mod.playbook_of(cli_mod.build_parser().parse_args(["maintain"])) == "playbooks/maintenance.yml"
+    for argv, message in ((["--job", "weekly", "--job", "keys"], "runs alone"),
+                          (["--job", "keys", "--version", "v1.2.0"], "for --job weekly")):
+        with pytest.raises(SystemExit, match=message):
+            cli_mod.playbook_of(cli_mod.build_parser().parse_args(["maintain", *argv]))
+    with pytest.raises(SystemExit):  # argparse: a watch of 0 s is no watch
+        cli_mod.build_parser().parse_args(["maintain", "--job", "weekly", "--watch-seconds", "0"])
+
+
 @pytest.mark.parametrize("key", ["aiadmin_run", "aiadmin_state_dir"])
 def test_the_cli_own_extravars_cannot_be_overridden(key):
     with pytest.raises(SystemExit, match="set by aiadmin-ops itself"):
