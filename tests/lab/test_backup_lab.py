@@ -274,10 +274,12 @@ def test_controller_timers_fetch_the_hosts_sets_and_restore_test_them(backed_up,
     assert names == ["aiadmin-backup-fetch.service", "aiadmin-backup-fetch.timer",
                      "aiadmin-health.service", "aiadmin-health.timer",
                      "aiadmin-maintain-keys.service", "aiadmin-maintain-keys.timer",
+                     "aiadmin-maintain-weekly.service", "aiadmin-maintain-weekly.timer",
                      "aiadmin-restore-test.service", "aiadmin-restore-test.timer"], names
     health_unit = (units / "aiadmin-health.service").read_text()
     assert "aiadmin-ops health --alert -i lab" in health_unit and "SuccessExitStatus=1 2" in health_unit
     assert "maintain --job keys --job redis -i lab" in (units / "aiadmin-maintain-keys.service").read_text()
+    assert "maintain --job weekly -i lab" in (units / "aiadmin-maintain-weekly.service").read_text()
     # A backup by the host's timer service: on the host, not yet off-host.
     before = {m["file"] for m in offhost_manifests()}
     on_host_before = set(host_sets())
@@ -308,13 +310,14 @@ def test_controller_timers_fetch_the_hosts_sets_and_restore_test_them(backed_up,
         on_host("systemctl", "daemon-reload")
         for timer, calendar, day in (("aiadmin-backup-fetch.timer", "*-*-* *:10:00", ""),
                                      ("aiadmin-restore-test.timer", "Sun *-*-* 03:00:00", "Sun "),
-                                     ("aiadmin-maintain-keys.timer", "*-*-* 04:30:00", "")):
+                                     ("aiadmin-maintain-keys.timer", "*-*-* 04:30:00", ""),
+                                     ("aiadmin-maintain-weekly.timer", "Sun *-*-* 02:00:00 Europe/Moscow", "Sun ")):
             on_host("systemctl", "start", timer)
             show = on_host("systemctl", "show", timer, "--property=TimersCalendar,Persistent").stdout
             assert "Persistent=yes" in show and calendar in show, show
             nxt = on_host("systemctl", "list-timers", timer, "--no-pager").stdout
             assert timer in nxt and day in nxt, nxt
     finally:
-        on_host("sh", "-c", "systemctl stop aiadmin-backup-fetch.timer aiadmin-restore-test.timer;"
-                " rm -f /etc/systemd/system/aiadmin-backup-fetch.* /etc/systemd/system/aiadmin-restore-test.*;"
+        on_host("sh", "-c", "for u in " + " ".join(n for n in names if n.endswith(".timer")) + "; do"
+                " systemctl stop $u; done; cd /etc/systemd/system && rm -f " + " ".join(names) + ";"
                 " systemctl daemon-reload", check=False)

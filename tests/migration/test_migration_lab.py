@@ -467,6 +467,25 @@ def test_crash_at_start_rolls_back_automatically(story, prepared):
     mon.assert_single_writer()
 
 
+def test_watch_sees_restarts_past_the_limit_and_rolls_back(story, prepared):
+    # The release passes the smoke tests, then every process of it exits 25 s after it started
+    # (PM2 restarts them): the watch after the smoke tests counts more restarts than the
+    # runbook's criterion allows and the rescue puts the service back on the old host.
+    with Monitor(prepared) as mon, WebhookWriter([OLD_URL, NEW_URL]) as writer:
+        proc, report = cli(*window("-e", "migration_app_version=v1.2.0", "-e", "migration_demo_crash_after_ms=25000",
+                                   "-e", "migration_watch_seconds=90", "-e", "migration_watch_interval=2"))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    stats = report["custom_stats"]
+    assert stats["migrate_failed_phase"] == "watch", stats
+    assert "ROLLBACK TRIGGER on lab-new: restarts" in proc.stdout and "Rolled back" in proc.stdout, proc.stdout[-3000:]
+    assert {"smoke", "watch", "rollback"} <= {p["name"] for p in report["phases"]}, report["phases"]
+    state = where_app_runs(story)
+    assert state["holder"] == [OLD] and not state["new_procs"]
+    assert ledger()["status"] == "rolled_back"
+    assert_writes(writer, story)
+    mon.assert_single_writer()
+
+
 def test_database_restart_during_smoke_rolls_back(story, prepared):
     with hold("smoke") as holding:
         run = cli_background(*window("-e", "migration_test_hold_before=smoke"))
