@@ -17,7 +17,7 @@ SCENARIOS ?= backup app base nodejs xray pm2 xray_bad_config private_network pg_
 # Scenarios run side by side (each has its own instances).
 MOLECULE_JOBS ?= 2
 
-.PHONY: help deps venv lint unit lab-up lab-down lab-purge lab-status lab-smoke molecule test demo window-tests dr-tests maintenance-tests ci-static ci-lab clean
+.PHONY: help deps venv lock lint unit lab-up lab-down lab-purge lab-status lab-smoke molecule test demo window-tests dr-tests maintenance-tests ci-static ci-lab clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,11 +25,18 @@ help: ## Show the targets
 deps: ## Install system packages (podman, runc, debootstrap, PostgreSQL, ...)
 	@scripts/install-deps
 
-$(VENV)/.installed: pyproject.toml
+# Every Python dependency from requirements.lock, each file checked against its sha256
+# (--require-hashes), then this project itself without resolving anything further.
+# Regenerate the lock after a change to pyproject.toml's dependencies: make lock.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -m pip install -q -U pip
-	@$(PY) -m pip install -q -e '.[test]'
+	@$(PY) -m pip install -q --require-hashes -r requirements.lock
+	@$(PY) -m pip install -q --no-deps -e .
 	@touch $@
+
+lock: ## Regenerate requirements.lock (hashes) from pyproject.toml (needs pip-tools)
+	@pip-compile -q --generate-hashes --extra test --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links -o requirements.lock pyproject.toml
 
 venv: $(VENV)/.installed ## Create the Python virtualenv with the pinned tools
 
