@@ -180,14 +180,35 @@ def cli_background(*args: str) -> subprocess.Popen:
                             text=True, env=ENV, cwd=ROOT, start_new_session=True)
 
 
+def descendants(root: int) -> list[int]:
+    """The pids of every process below root (read from /proc, before anything is killed)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def kill_run(proc: subprocess.Popen) -> str:
-    """SIGKILL the CLI and its ansible-playbook (the controller dies; the hosts keep their state)."""
-    for pid in subprocess.run(["pgrep", "-f", "ansible-playbook .*playbooks/"], capture_output=True, text=True,
-                              check=False).stdout.split():
+    """SIGKILL the CLI and its ansible-playbook (the controller dies; the hosts keep their state).
+
+    Only the CLI's own process tree: ansible-runner starts ansible-playbook in a session of its
+    own, so its process group is killed too, but never a group this test runs in (Molecule's
+    ansible-playbook beside these tests shares CI's group: killing it by name killed CI)."""
+    groups = {proc.pid}
+    for pid in descendants(proc.pid):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+            groups.add(os.getpgid(pid))
+    groups.discard(os.getpgrp())
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
     out, _ = proc.communicate(timeout=60)
     return out
 
