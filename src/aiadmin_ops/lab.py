@@ -33,8 +33,26 @@ PG_PORTS = ("5432", "5433")  # lab-db's clusters: main (the lab's hosts) and mol
 SUITES = {"debian12": "bookworm", "debian13": "trixie"}
 IMAGE_PACKAGES = (
     "systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,iputils-ping,"
-    "ca-certificates,sudo,procps,curl,gnupg,netcat-openbsd,less"
+    "ca-certificates,sudo,procps,curl,gnupg,netcat-openbsd,less,openssh-server"
 )
+# Like a provider's image, every container makes its own SSH host keys at first boot (the
+# image ships none: containers from one image must not share them).
+HOSTKEYS_UNIT = """\
+[Unit]
+Description=Generate the SSH host keys on first boot (lab image)
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+# The recipe's version: an image built from another recipe is rebuilt (and its containers recreated).
+IMAGE_RECIPE = hashlib.sha256(f"{IMAGE_PACKAGES}\n{HOSTKEYS_UNIT}".encode()).hexdigest()[:12]
+IMAGE_LABEL = "io.aiadmin-ops.image"
 
 
 class LabError(RuntimeError):
@@ -57,7 +75,8 @@ class Container:
     shm_size: str = ""  # podman's default /dev/shm is 64 MB
 
     def spec_hash(self) -> str:
-        spec = {"image": self.image, "addresses": self.addresses, "hosts": self.add_hosts, "v": 1}
+        spec = {"image": self.image, "recipe": IMAGE_RECIPE, "addresses": self.addresses,
+                "hosts": self.add_hosts, "v": 1}
         if self.shm_size:
             spec["shm"] = self.shm_size
         blob = json.dumps(spec, sort_keys=True)
@@ -188,11 +207,15 @@ def build_image(tag: str) -> None:
     # Containers have no console; units that wait for hardware only slow the boot.
     for unit in ("getty@tty1.service", "systemd-logind.service", "console-getty.service"):
         run(["chroot", str(rootfs), "systemctl", "mask", unit], check=False)
+    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (rootfs / "etc/systemd/system/ssh-hostkeys.service").write_text(HOSTKEYS_UNIT)
+    run(["chroot", str(rootfs), "systemctl", "enable", "ssh-hostkeys.service"])
     run(["chroot", str(rootfs), "apt-get", "clean"])
     tar = subprocess.Popen(["tar", "--one-file-system", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     proc = subprocess.run(
         ["podman", "import", "--change", 'CMD ["/sbin/init"]', "--change", f"LABEL {LABEL}=1",
-         "-", image_ref(tag)],
+         "--change", f"LABEL {IMAGE_LABEL}={IMAGE_RECIPE}", "-", image_ref(tag)],
         stdin=tar.stdout, capture_output=True, text=True, env=podman_env(), check=False,
     )
     tar.wait()
@@ -204,9 +227,11 @@ def build_image(tag: str) -> None:
 def ensure_images(tags: Sequence[str]) -> list[str]:
     built = []
     for tag in tags:
-        if podman("image", "exists", image_ref(tag), check=False).returncode == 0:
+        if not podman_image_missing(tag):
             continue
         t0 = time.monotonic()
+        if podman("image", "exists", image_ref(tag), check=False).returncode == 0:
+            log(f"image {image_ref(tag)} was built from another recipe: rebuilding it")
         log(f"building image {image_ref(tag)}")
         build_image(tag)
         log(f"built {image_ref(tag)} in {time.monotonic() - t0:.0f}s")
@@ -375,7 +400,10 @@ def up(images: Sequence[str] = tuple(SUITES)) -> None:
 
 
 def podman_image_missing(tag: str) -> bool:
-    return podman("image", "exists", image_ref(tag), check=False).returncode != 0
+    """True when the image is absent or was built from another recipe (IMAGE_RECIPE)."""
+    proc = podman("image", "inspect", "--format", f'{{{{index .Labels "{IMAGE_LABEL}"}}}}', image_ref(tag),
+                  check=False)
+    return proc.returncode != 0 or proc.stdout.strip() != IMAGE_RECIPE
 
 
 def down(purge_images: bool = False) -> None:
@@ -394,7 +422,7 @@ def down(purge_images: bool = False) -> None:
             log(f"removed network {net.name}")
     if purge_images:
         for tag in SUITES:
-            if not podman_image_missing(tag):
+            if podman("image", "exists", image_ref(tag), check=False).returncode == 0:
                 podman("rmi", "-f", image_ref(tag))
                 log(f"removed image {image_ref(tag)}")
         shutil.rmtree(BUILD_DIR, ignore_errors=True)
