@@ -44,8 +44,13 @@ BIN = ROOT / ".venv/bin"
 STATE = Path(os.environ.get("AIADMIN_TEST_STATE_DIR", "/var/tmp/aiadmin-ops-window-tests"))
 NEW_VERSION = "v1.1.0"
 LOCK = "/run/aiadmin-ops/run.lock"
+# The operator's shell holds secrets of its own (canaries): none may reach a run's record, argv,
+# the hosts or any file the CLI writes (test_no_secret_in_any_record_log_or_argv, last).
+CANARY = "CANARY-7d41e0-operator-secret-not-real"
+OPERATOR_SECRETS = {"AWS_SECRET_ACCESS_KEY": CANARY, "GITHUB_TOKEN": f"{CANARY}-gh",
+                    "DATABASE_URL": f"postgres://app:{CANARY}-url@db.invalid/x"}
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "containers.conf"), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-           PATH=f"{BIN}:{os.environ.get('PATH', '')}", AIADMIN_STATE_DIR=str(STATE))
+           PATH=f"{BIN}:{os.environ.get('PATH', '')}", AIADMIN_STATE_DIR=str(STATE), **OPERATOR_SECRETS)
 APP_NAMES = ("ai-admin-api", "ai-admin-worker-v2", "ai-admin-batch-processor", "whatsapp-backup-service",
              "ai-admin-booking-monitor", "ai-admin-telegram-bot", "baileys-whatsapp-service",
              "whatsapp-safe-monitor")
@@ -733,3 +738,85 @@ def test_window_decommission_then_rollback_refused_without_outage(story, prepare
                check=False)
         podman("exec", "lab-old", "systemctl", "enable", "--now", "pm2-aiadmin.service", check=False)
         play("playbooks/deploy.yml", "-e", "deploy_hosts=old", "-e", "app_start=false")
+
+
+class ArgvSampler:
+    """Every 0.2 s, the command line of every process on this machine (the lab containers'
+    processes included: they are this machine's processes) and the environment of each
+    ansible-playbook / ansible-runner process the CLI started."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.hits: list[str] = []
+        self.needles: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples += 1
+            for proc in Path("/proc").glob("[0-9]*"):
+                with contextlib.suppress(OSError):
+                    argv = (proc / "cmdline").read_bytes()
+                    texts = [("argv", argv)]
+                    if b"ansible-playbook" in argv or b"ansible-runner" in argv:
+                        texts.append(("environment", (proc / "environ").read_bytes()))
+                    for what, text in texts:
+                        for needle in self.needles:
+                            if needle in text:
+                                self.hits.append(f"{what} of pid {proc.name}: {needle.decode()[:10]}...")
+
+    def start(self, needles: list[str]) -> ArgvSampler:
+        self.needles = [n.encode() for n in needles]
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def secret_needles(vault: dict) -> list[str]:
+    """The lab vault's fake secrets (unique strings, each a canary) and the operator's."""
+    # The phone is the WhatsApp account's number: an identifier, not a credential.
+    kept = (v for k, v in vault.items() if isinstance(v, str) and len(v) >= 8 and k != "vault_aiadmin_whatsapp_phone")
+    return [*OPERATOR_SECRETS.values(), *kept]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def argv_samples(lab, vault):
+    sampler = ArgvSampler().start(secret_needles(vault))
+    yield sampler
+    sampler.stop()
+
+
+HOST_LOGS = (
+    "journalctl -q -o cat --no-pager; "
+    "find /var/log /opt/ai-admin/shared/logs -type f ! -path '/var/log/journal/*' -exec cat {} + 2>/dev/null; "
+    "find / -xdev -type d -path '*/.pm2/logs' 2>/dev/null | while read -r d; do cat \"$d\"/* 2>/dev/null; done"
+)
+
+
+def test_no_secret_in_any_record_log_or_argv(prepared, argv_samples):
+    """Runs last: after windows, rollbacks and failed windows (crash, watch, database restart,
+    unreachable hosts, killed controller, decommission), not one canary or vault secret in any
+    file of the state directory (ansible-runner's records, reports, ledgers, backups' manifests),
+    in the hosts' journals and logs (the app's and PM2's), on any argv sampled during the runs,
+    or in the environment of any ansible-playbook the CLI started."""
+    needles = secret_needles(prepared)
+    found = []
+    files = [p for p in STATE.rglob("*") if p.is_file()]
+    assert (STATE / "artifacts" / "migrate").is_dir() and (STATE / "reports").is_dir(), "no run recorded"
+    for path in files:
+        data = path.read_bytes()
+        found += [f"{path}: {n[:10]}..." for n in needles if n.encode() in data]
+    for container in ("lab-old", "lab-new", "lab-db"):
+        logs = subprocess.run(["podman", "exec", container, "sh", "-c", HOST_LOGS], capture_output=True,
+                              timeout=300, check=False).stdout  # bytes: logs hold binary too
+        assert len(logs) > 1000, f"no logs read from {container}"
+        found += [f"{container} logs: {n[:10]}..." for n in needles if n.encode() in logs]
+    argv_samples.stop()
+    print(f"\nsecret scan: {len(needles)} secrets, {len(files)} state files, 3 hosts' logs, "
+          f"{argv_samples.samples} process-list samples")
+    assert not found and not argv_samples.hits, sorted(set(found + argv_samples.hits))[:40]
+    assert argv_samples.samples > 100, "too few process-list samples: run the window tests before this one"
