@@ -6,6 +6,8 @@
 #       /usr/bin/node, /usr/lib/node_modules/npm, /usr/bin/npm and /usr/bin/npx -> ../lib/node_modules/npm/bin/*-cli.js
 #     dists/nodistro/main/binary-amd64/Packages(.gz), dists/nodistro/{Release,InRelease,Release.gpg}
 #   OUT_DIR/srv/gpgkey/nodesource-repo.gpg.key   armored public key of a throwaway LAB-ONLY signing key
+#   OUT_DIR/key-fingerprint   that key's fingerprint as gpg computes it (the scenario pins it, as
+#     the role pins NodeSource's published fingerprint)
 #   OUT_DIR/srv-update/   the same repository after a newer package of the line was published:
 #     nodejs_<ver>-1nodesource1 and nodejs_<ver>-2nodesource1 (same payload, a newer package
 #     version), signed with the same key (the scenario's upgrade test serves it)
@@ -36,7 +38,7 @@ repo_update="${out}/srv-update/node_${major}.x"
 if [[ -f "${out}/version" ]] && [[ "$(cat "${out}/version")" == "${ver}" ]] \
   && [[ -f "${repo}/pool/main/n/nodejs/${deb}" ]] && [[ -f "${repo}/dists/${suite}/InRelease" ]] \
   && [[ -f "${repo_update}/dists/${suite}/InRelease" ]] \
-  && [[ -f "${out}/srv/gpgkey/nodesource-repo.gpg.key" ]]; then
+  && [[ -f "${out}/srv/gpgkey/nodesource-repo.gpg.key" ]] && [[ -s "${out}/key-fingerprint" ]]; then
   echo "${ver}"
   exit 0
 fi
@@ -120,6 +122,13 @@ fpr=$(gpg --with-colons --list-secret-keys "${uid}" | awk -F: '$1 == "fpr" { pri
 mkdir -p "${out}/srv/gpgkey"
 gpg --armor --export "${fpr}" > "${out}/srv/gpgkey/nodesource-repo.gpg.key"
 gpg --export "${fpr}" > "${work}/keyring.gpg"
+# The published fingerprint: gpg's reading of the exported key itself (one primary key, the signer).
+shown=$(gpg --with-colons --show-keys "${out}/srv/gpgkey/nodesource-repo.gpg.key" | awk -F: '$1 == "fpr" { print $10 }')
+if [[ ! "${shown}" =~ ^[0-9A-F]{40}$ ]] || [[ "${shown}" != "${fpr}" ]]; then
+  echo "build-nodesource-standin: the exported key's fingerprint (${shown}) is not the signer's (${fpr})" >&2
+  exit 1
+fi
+echo "${fpr}" > "${out}/key-fingerprint"
 for r in "${repo}" "${repo_update}"; do
   rm -f "${r}/dists/${suite}/InRelease" "${r}/dists/${suite}/Release.gpg"
   gpg --yes --local-user "${fpr}" --digest-algo SHA256 --clearsign \

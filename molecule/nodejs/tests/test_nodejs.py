@@ -100,8 +100,20 @@ def test_nodesource_apt_policy_prefers_the_standin_over_debian():
 def test_nodesource_upgrade_only_with_the_switch():
     seen = json.loads((Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "nodesource-upgrade.json").read_text())
     version = ns_standin_version()
-    # A newer package in the repository: kept without nodejs_upgrade, taken with it.
-    assert seen == {"kept": f"{version}-1nodesource1", "upgraded": f"{version}-2nodesource1"}
+    # A newer package in the repository: kept with the exact pin (apt pinned to that release),
+    # taken with the "" opt-out and nodejs_upgrade (apt pinned to the major line).
+    assert seen == {"kept": f"{version}-1nodesource1", "kept_pin": f"Pin: version {version}-*",
+                    "upgraded": f"{version}-2nodesource1", "upgraded_pin": "Pin: version 20.*"}
+
+
+def test_nodesource_key_with_another_fingerprint_refused_before_the_repository():
+    seen = json.loads((Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "nodesource-wrong-key.json").read_text())
+    standin = (NS_STANDIN / "key-fingerprint").read_text().strip()
+    assert re.fullmatch(r"[0-9A-F]{40}", standin)
+    assert seen["failed"] is True
+    assert seen["task"].endswith("Install the repository signing key, pinned by its fingerprint")
+    assert f"has fingerprint {standin}, not the pinned 6F71F525282841EEDAF851B42F59B5F99B1BE0B4" in seen["msg"]
+    assert seen["written"] == []  # no keyring, no source, no pin
 
 
 def test_nodesource_apt_configuration():
