@@ -61,7 +61,7 @@ lab-status: venv ## Show what the lab has and whether it is healthy
 	@$(BIN)/aiadmin-ops lab status
 
 lab-smoke: lab-up ## Prove the lab's networks, TLS and systemd with real connections
-	@$(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db and not maintenance and not ssh' tests/lab
+	@$(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db and not maintenance and not prepared' tests/lab
 
 molecule: deps venv ## Every Molecule scenario (SCENARIOS="a b" to choose, MOLECULE_JOBS side by side)
 	@$(BIN)/aiadmin-ops lab status >/dev/null || $(BIN)/aiadmin-ops lab up
@@ -86,18 +86,18 @@ ci-static:
 ci-lab:
 	@$(STAGE) lab-up $(BIN)/aiadmin-ops lab up
 	@$(STAGE) lab-quiet $(BIN)/ansible-playbook $(LAB_VAULT) -i inventories/lab/hosts.yml lab/story-reset.yml -e lab_reset_start_old=false
-	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db and not maintenance and not ssh'
+	@$(STAGE) lab-tests $(BIN)/pytest -q -m 'lab and not window and not dr and not dr_db and not maintenance and not prepared'
 	@DEMO_LAB_READY=1 $(STAGE) window-prepare scripts/demo --prepare
 
-# Then, side by side: the stories on the lab's own hosts (SSH as the deploy user, the window, host
-# recovery, maintenance),
+# Then, side by side: the stories on the lab's own hosts (over SSH and the Xray clients' TLS, the window,
+# host recovery, maintenance),
 # one after the other, and Molecule on its own instances and lab-db's molecule cluster, at the
 # lowest CPU priority. A lab test keeps one core busy (its ansible-playbook process; the other
 # about half idle, measured with vmstat); Molecule saturates both cores and, at equal priority,
 # made the window tests 3.4 times as long. Niced (its instances' processes inherit it), it takes
 # only what the stories leave. None of the stories stops lab-db, lab-egress or a lab network.
 ci-stories:
-	@$(STAGE) ssh-tests $(BIN)/pytest -q -m ssh --durations=0
+	@$(STAGE) prepared-tests $(BIN)/pytest -q -m prepared --durations=0
 	@AIADMIN_SKIP_PREPARE=1 $(STAGE) window-tests $(BIN)/pytest -q -m window --durations=0
 	@$(STAGE) dr-tests $(BIN)/pytest -q -m dr --durations=0
 	@$(STAGE) maintenance-tests $(BIN)/pytest -q -m maintenance --durations=0

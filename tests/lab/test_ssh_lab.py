@@ -1,7 +1,7 @@
 """Over SSH, as production reaches its hosts: a non-root deploy user with sudo, keys made at
 `lab up` (lab/ssh.yml, LAB-ONLY), the hosts' own keys pinned, inventories/lab/ssh.yml.
 
-Marker `ssh`: `make test` runs these after the window story is prepared (lab-new provisioned
+Markers `ssh` and `prepared`: `make test` runs these after the window story is prepared (lab-new provisioned
 over podman exec), so provisioning the same host again over SSH must change nothing.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import LAB_VAULT_PASSWORD, ROOT, podman
 
-pytestmark = [pytest.mark.lab, pytest.mark.ssh]
+pytestmark = [pytest.mark.lab, pytest.mark.ssh, pytest.mark.prepared]
 
 BIN = ROOT / ".venv/bin"
 SSH_DIR = ROOT / "lab/state/ssh"

@@ -15,10 +15,12 @@ def test_service_still_running():
 def test_config_on_disk_is_the_good_one():
     cfg = json.loads(host.file("/usr/local/etc/xray/config.json").content_string)
     assert cfg["outbounds"][0]["streamSettings"]["network"] == "tcp"
+    assert cfg["outbounds"][0]["streamSettings"]["security"] == "tls"
 
 
 def test_no_stray_temp_files():
-    assert host.check_output("ls -A /usr/local/etc/xray") == "config.json"
+    # The config and the CA its TLS outbound verifies lab-egress with; no temporary file left.
+    assert sorted(host.check_output("ls -A /usr/local/etc/xray").split()) == ["config.json", "tls-ca.crt"]
 
 
 def test_still_proxies():
