@@ -24,6 +24,8 @@ description:
   - When I(dest) already holds the pinned key (and no other), nothing is downloaded, so a re-run
     works offline; a key updated upstream (new signatures, a later expiry) is then not fetched
     again. I(force=true) downloads and compares anyway.
+  - A connection that fails or is reset is tried again, up to three times in all, a second apart;
+    an HTTP error answer is final.
   - Supports check mode (downloads and verifies, writes nothing).
 version_added: "1.0.0"
 options:
@@ -101,6 +103,7 @@ msg:
 
 import os
 import tempfile
+import time
 
 from ansible.module_utils.module_start import start_module
 from ansible.module_utils.openpgp import FINGERPRINT, KeyFormatError, normalise, primary_fingerprints
@@ -153,7 +156,14 @@ def held_fingerprints(data):
 
 
 def download(module, url, timeout):
-    response, info = fetch_url(module, url, timeout=timeout)
+    # A connection that fails or is reset (status -1) is tried again, up to three times in all,
+    # a second apart; an HTTP error answer is final.
+    for attempt in range(3):
+        response, info = fetch_url(module, url, timeout=timeout)
+        if info.get("status") != -1:
+            break
+        if attempt < 2:
+            time.sleep(1)
     # file:// answers without a status
     if response is None or info.get("status") not in (200, None):
         module.fail_json(msg=f"could not download the key from {url}: {info.get('msg', 'no response')}; "

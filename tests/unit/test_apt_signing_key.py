@@ -13,6 +13,8 @@ import base64
 import collections
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -362,3 +364,29 @@ def test_base_role_pins_the_real_pgdg_key(keys, server, tmp_path):
     res = run(url, dest, pinned)
     assert not res.get("failed") and res["changed"] is True and res["fingerprints"] == [pinned], res
     assert dest.read_bytes() == data
+
+
+def test_a_reset_connection_is_tried_again(keys, tmp_path):
+    """The first connection is reset (RST, SO_LINGER 0), the second answers: the key is installed."""
+    data = keys.export("ed25519", armor=True)
+    listener = socket.create_server(("127.0.0.1", 0))
+    served = []
+
+    def serve():
+        first, _ = listener.accept()
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        first.close()
+        second, _ = listener.accept()
+        with second:
+            second.recv(65536)
+            second.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+            served.append(True)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        res = run(f"http://127.0.0.1:{listener.getsockname()[1]}/key.asc", tmp_path / "key.asc",
+                  keys.fpr["ed25519"])
+    finally:
+        listener.close()
+    assert not res.get("failed") and res["changed"] is True, res
+    assert served and (tmp_path / "key.asc").read_bytes() == data
