@@ -76,7 +76,7 @@ class Container:
 
     def spec_hash(self) -> str:
         spec = {"image": self.image, "recipe": IMAGE_RECIPE, "addresses": self.addresses,
-                "hosts": self.add_hosts, "v": 1}
+                "hosts": self.add_hosts, "v": 2}
         if self.shm_size:
             spec["shm"] = self.shm_size
         blob = json.dumps(spec, sort_keys=True)
@@ -286,6 +286,17 @@ def container_inspect(name: str) -> dict | None:
     return json.loads(proc.stdout)[0]
 
 
+def mac_for(address: str) -> str:
+    """A fixed, locally administered MAC address for a lab address: 02:1a, then the four octets.
+
+    Podman draws a new MAC at every start. A container stopped and started again (`up` repairing
+    the lab) or recreated (host recovery) would then keep its address under another MAC, and the
+    other hosts' neighbour entries for it stay stale (the kernel collects none below gc_thresh1):
+    their first connection waited about 8 s for the ARP probes to fail, past a 10 s connect
+    timeout once SYN back-off was added (CI: get_url from lab-egress timed out on lab-new)."""
+    return "02:1a:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
+
+
 def create_container(ctr: Container) -> None:
     args = [
         "run", "-d", "--name", ctr.name, "--hostname", ctr.name,
@@ -294,7 +305,7 @@ def create_container(ctr: Container) -> None:
         "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
     ]
     for net, addr in ctr.addresses.items():
-        args += ["--network", f"{net}:ip={addr}"]
+        args += ["--network", f"{net}:ip={addr},mac={mac_for(addr)}"]
     for host in ctr.add_hosts:
         args += ["--add-host", host]
     if ctr.shm_size:
