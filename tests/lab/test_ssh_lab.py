@@ -46,6 +46,12 @@ def recap(stdout: str, host: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
 
+def changed_tasks(stdout: str) -> str:
+    """Each task that reported a change, with its result line."""
+    tasks = re.findall(r"^(TASK \[.*?\]).*\n(?:(?!TASK \[).*\n)*?(changed: .*)$", stdout, re.M)
+    return "\n".join(f"{task} {line}" for task, line in tasks)[-3000:]
+
+
 def sshd_logins_since(since: str) -> str:
     return podman("exec", "lab-new", "journalctl", "-q", "-o", "cat", "-u", "ssh.service", "--since", since,
                   check=False).stdout
@@ -68,8 +74,7 @@ def test_provision_over_ssh_changes_nothing(since):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     counts = recap(proc.stdout, "lab-new")
-    assert counts["changed"] == 0 and counts["failed"] == 0 and counts["unreachable"] == 0, (
-        "\n".join(line for line in proc.stdout.splitlines() if line.startswith("changed:"))[-3000:])
+    assert counts["changed"] == 0 and counts["failed"] == 0 and counts["unreachable"] == 0, changed_tasks(proc.stdout)
     print(f"provision.yml over SSH, no-op: {time.monotonic() - t0:.1f}s, ok={counts['ok']}")
     # The run really went over SSH as the deploy user, not over podman exec.
     assert "Accepted publickey for deploy from" in sshd_logins_since(since)
