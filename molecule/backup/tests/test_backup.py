@@ -274,8 +274,9 @@ def test_no_age_identity_on_the_instance(host, name, vault):
     identity = vault["vault_aiadmin_backup_age_identity"].strip()
     assert re.fullmatch(IDENTITY_RE, identity)  # the second search would find it
     roots = "$(ls -d /* | grep -vxE '/(proc|sys|dev)')"  # all but the kernel's; devices and FIFOs skipped
-    # The lab's identity itself, in any file, binary ones too (passed by name, never on a command line).
-    exact = podman_exec_env(name, ["sh", "-c", f'grep -rlsF -D skip -e "$AGE_IDENTITY" {roots}'],
+    # The lab's identity itself, in any file, binary ones too: passed by name, and to grep as a pattern
+    # file that bash's builtin printf writes into a pipe (`-e "$AGE_IDENTITY"` would put it on grep's argv).
+    exact = podman_exec_env(name, ["bash", "-c", f'grep -rlsF -D skip -f <(printf "%s\\n" "$AGE_IDENTITY") {roots}'],
                             {"AGE_IDENTITY": identity})
     assert exact.returncode == 1, exact.stdout + exact.stderr  # 1: no match
     # Any age identity in a text file (the age-keygen binary holds a test vector).
