@@ -223,11 +223,12 @@ def test_bad_backup_refused_before_any_change(lost, fault, tmp_path):
 def test_refused_while_another_host_holds_the_session_lock(lost, vault):
     """A psql session on lab-old holds the WhatsApp session lock (the "lost" host may be alive)."""
     holder = subprocess.Popen(
-        ["podman", "exec", "-e", f"PGPASSWORD={vault['vault_aiadmin_db_password']}", OLD_HOST, "psql",
+        ["podman", "exec", "--env", "PGPASSWORD", OLD_HOST, "psql",  # the value by name: never on argv
          "host=db.public.lab.test dbname=ai_admin user=ai_admin sslmode=verify-full "
          "sslrootcert=/root/.cloud-certs/root.crt application_name=baileys-whatsapp-service",
          "-c", f"SELECT pg_advisory_lock({LOCK_CLASS}, 7)", "-c", "SELECT pg_sleep(900)"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**ENV, "PGPASSWORD": vault["vault_aiadmin_db_password"]})
     try:
         wait_for(lambda: OLD in holders(vault), 30, "the lock held from lab-old")
         proc, _ = cli("dr-rebuild", "--yes")
