@@ -51,6 +51,9 @@ OPERATOR_SECRETS = {"AWS_SECRET_ACCESS_KEY": CANARY, "GITHUB_TOKEN": f"{CANARY}-
                     "DATABASE_URL": f"postgres://app:{CANARY}-url@db.invalid/x"}
 ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / "containers.conf"), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
            PATH=f"{BIN}:{os.environ.get('PATH', '')}", AIADMIN_STATE_DIR=str(STATE), **OPERATOR_SECRETS)
+# The tests' own ansible-playbook runs (story resets, the demo's preparation) are not the CLI's:
+# they get the operator's environment without its secrets, so that the sampler's hits are the CLI's.
+HARNESS_ENV = {k: v for k, v in ENV.items() if k not in OPERATOR_SECRETS}
 APP_NAMES = ("ai-admin-api", "ai-admin-worker-v2", "ai-admin-batch-processor", "whatsapp-backup-service",
              "ai-admin-booking-monitor", "ai-admin-telegram-bot", "baileys-whatsapp-service",
              "whatsapp-safe-monitor")
@@ -221,7 +224,7 @@ def kill_run(proc: subprocess.Popen) -> str:
 def play(playbook: str, *extra: str, timeout: float = 1800) -> None:
     proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "inventories/lab/hosts.yml", "--vault-id",
                            f"lab@{LAB_VAULT_PASSWORD}", playbook, *extra], capture_output=True, text=True,
-                          env=ENV, cwd=ROOT, timeout=timeout, check=False)
+                          env=HARNESS_ENV, cwd=ROOT, timeout=timeout, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
@@ -270,7 +273,7 @@ def story_is_reset(conn) -> bool:
 def prepared(lab, vault):
     if os.environ.get("AIADMIN_SKIP_PREPARE") != "1":
         proc = subprocess.run([str(ROOT / "scripts/demo"), "--prepare"], capture_output=True, text=True,
-                              env=ENV, cwd=ROOT, timeout=3600, check=False)
+                              env=HARNESS_ENV, cwd=ROOT, timeout=3600, check=False)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return vault
 
