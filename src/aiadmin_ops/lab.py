@@ -50,8 +50,13 @@ ExecStart=/usr/bin/ssh-keygen -A
 [Install]
 WantedBy=multi-user.target
 """
+# The machine's mirror can be unreachable for a minute (a CI run failed on it with apt's 3
+# retries): the lab's own apt runs (lab-db, lab-egress, Molecule's instances before the base
+# role writes its 80aiadmin-retries, which overrides this) retry as the base role makes hosts retry.
+APT_RETRIES = 'Acquire::Retries "10";  // lab image: ride out a mirror hiccup\n'
+APT_RETRIES_FILE = "etc/apt/apt.conf.d/10aiadmin-lab-retries"
 # The recipe's version: an image built from another recipe is rebuilt (and its containers recreated).
-IMAGE_RECIPE = hashlib.sha256(f"{IMAGE_PACKAGES}\n{HOSTKEYS_UNIT}".encode()).hexdigest()[:12]
+IMAGE_RECIPE = hashlib.sha256(f"{IMAGE_PACKAGES}\n{HOSTKEYS_UNIT}\n{APT_RETRIES}".encode()).hexdigest()[:12]
 IMAGE_LABEL = "io.aiadmin-ops.image"
 
 
@@ -211,6 +216,7 @@ def build_image(tag: str) -> None:
         key.unlink()
     (rootfs / "etc/systemd/system/ssh-hostkeys.service").write_text(HOSTKEYS_UNIT)
     run(["chroot", str(rootfs), "systemctl", "enable", "ssh-hostkeys.service"])
+    (rootfs / APT_RETRIES_FILE).write_text(APT_RETRIES)
     run(["chroot", str(rootfs), "apt-get", "clean"])
     tar = subprocess.Popen(["tar", "--one-file-system", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     proc = subprocess.run(

@@ -52,8 +52,10 @@ def test_app_user_and_dir(host):
 
 
 def test_apt_retries_downloads(host):
-    # The setting apt itself reads, not only the file's text.
-    assert 'Acquire::Retries "3";' in host.check_output('apt-config dump Acquire::Retries')
+    # The role's file, and the setting apt itself reads (the lab image's own 10aiadmin-lab-retries
+    # is read first: the role's 80aiadmin-retries decides).
+    assert host.file('/etc/apt/apt.conf.d/80aiadmin-retries').contains('^Acquire::Retries "10";$')
+    assert 'Acquire::Retries "10";' in host.check_output('apt-config dump Acquire::Retries')
 
 
 def test_timezone(host):
