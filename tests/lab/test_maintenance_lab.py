@@ -143,7 +143,11 @@ def test_keys_dry_run_then_cleanup_while_the_app_writes(keys):
     assert maint_keys(conn) == {"pre-key": 53, "sender-key": 13, "app-state-sync-key": PROTECTED, "session": FRESH}
 
     before = app_key_writes(conn)
-    proc, report = cli("maintain", "--job", "keys", "-e", "maintenance_keys_batch_size=10")
+    # 8 batches of 10 and 6 pauses of 1.5 s: the cleanup lasts 9 s, longer than the app's 5 s
+    # key-write interval, so baileys-whatsapp-service writes while it runs (at the default pause
+    # the run took about 2.5 s and sometimes fell between two of the app's writes).
+    proc, report = cli("maintain", "--job", "keys", "-e", "maintenance_keys_batch_size=10",
+                       "-e", "maintenance_keys_pause_ms=1500")
     assert proc.returncode == 0, proc.stdout[-3000:]
     deleted = stats(report)["keys"]["deleted"]
     assert int(deleted["total"]) == deletable
