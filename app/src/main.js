@@ -334,7 +334,9 @@ class App {
   // one line per write (`webhook: acknowledged message <row> (<id>)`): disaster recovery counts the
   // acknowledged writes a restored database lacks from these lines (the acked_writes module).
   // A database error is 503 and acknowledges nothing (the row may still exist if the commit
-  // outran the error, e.g. a client-side query timeout).
+  // outran the error, e.g. a client-side query timeout); it is logged, one line per message
+  // (`webhook: failed message (<id>): ...` on stderr), so that a watch can count the share of
+  // messages failing (the runbook's rollback trigger: more than 50 %).
   async webhook(req, res) {
     let msg;
     try {
@@ -349,6 +351,7 @@ class App {
       row = await insertMessage(this.pool, { companyId: this.companyId, phone: msg.phone, body: msg.id });
     } catch (err) {
       this.failed('webhook', err);
+      this.warn(`webhook: failed message (${msg.id}): database: ${err.message}`);
       return this.send(res, 503, { stored: false, id: msg.id, error: `database: ${err.message}` });
     }
     this.succeeded('webhook');

@@ -10,14 +10,16 @@ short_description: Watch the app after a deploy or a cutover; report which rollb
 description:
   - Samples the app every I(interval) seconds for I(duration) seconds, read-only, on its host -
     C(GET) I(health_url), PM2's process list (C(pm2 jlist), never starting a daemon) and the
-    lines appended to I(error_logs) since the watch began.
+    lines appended to I(error_logs) and I(message_logs) since the watch began.
   - "The triggers (the runbooks' rollback triggers and success criteria): more than I(max_restarts)
     restarts of I(processes) during the watch (PM2's restart count, crash loops included); a
     process that PM2 does not know or that is not online for I(max_failed_samples) samples in a
     row; the health endpoint failing or reporting the database not connected for
     I(max_failed_samples) samples in a row (database connections failing); WhatsApp not connected
     I(whatsapp_within) seconds after the start; the processes' resident memory above
-    I(max_memory_pct) of the host's; error-log lines above I(max_error_lines_per_min) per minute."
+    I(max_memory_pct) of the host's; more than I(max_message_failure_pct) of the messages handled
+    during the watch failing (at least I(min_messages) of them); error-log lines above
+    I(max_error_lines_per_min) per minute."
   - Stops at the first trigger and fails with it (the caller rolls back), unless I(report_only).
   - Read-only; supports check mode.
 version_added: "1.0.0"
@@ -82,6 +84,33 @@ options:
     description: Error-log lines per minute allowed (averaged over the elapsed time, at least one minute).
     type: float
     default: 60
+  message_logs:
+    description:
+      - Log files (glob patterns, read like I(error_logs)) where the app writes one line per message
+        it handled - I(message_ok_pattern) for one handled, I(message_failed_pattern) for one that failed.
+    type: list
+    elements: path
+    default: []
+  message_ok_pattern:
+    description:
+      - "A regular expression (Python syntax, searched in each line) matching the line of a message
+        handled (the demo app - C(webhook: acknowledged message )). Empty with
+        I(message_failed_pattern) empty - the messages trigger is off."
+    type: str
+    default: ""
+  message_failed_pattern:
+    description:
+      - "A regular expression matching the line of a message that failed (the demo app - C(webhook: failed message ))."
+    type: str
+    default: ""
+  max_message_failure_pct:
+    description: Messages failing, in percent of those handled during the watch, allowed (the runbook - 50).
+    type: float
+    default: 50
+  min_messages:
+    description: Messages handled during the watch before their failure rate is judged (a few failures are not a rate).
+    type: int
+    default: 10
   report_only:
     description: Report a fired trigger without failing.
     type: bool
@@ -108,7 +137,9 @@ verdict:
   returned: always
   type: str
 trigger:
-  description: The trigger that fired (C(restarts), C(process), C(health), C(whatsapp), C(memory), C(errors)) and why.
+  description: >-
+    The trigger that fired (C(restarts), C(process), C(health), C(whatsapp), C(memory), C(messages),
+    C(errors)) and why.
   returned: when one fired
   type: dict
   sample: {name: restarts, detail: "5 restarts during the watch (limit 2): ai-admin-api 5"}
@@ -123,7 +154,8 @@ elapsed_s:
 figures:
   description: >-
     restarts (during the watch, per process), memory_pct_max, failed_samples_max (health),
-    whatsapp_connected_after_s (null if never), error_lines.
+    whatsapp_connected_after_s (null if never), error_lines, messages_ok and messages_failed (null
+    when the messages trigger is off).
   returned: always
   type: dict
 """
@@ -131,6 +163,7 @@ figures:
 import glob
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -168,13 +201,16 @@ def mem_total_bytes():
 
 
 class LogLines:
-    """Lines appended to the files of some glob patterns since the start (a file that shrank was
-    rotated, a file that appeared is new: both counted from their start)."""
+    """Complete lines appended to the files of some glob patterns since the start (a file that
+    shrank was rotated, a file that appeared is new: both counted from their start; a last line
+    without its newline waits for it), and how many of them match each of some regexes."""
 
-    def __init__(self, patterns):
+    def __init__(self, patterns, regexes=()):
         self.patterns = patterns
+        self.regexes = [re.compile(rx.encode()) for rx in regexes]
         self.offsets = {p: self._size(p) for p in self._files()}
         self.lines = 0
+        self.matches = [0] * len(self.regexes)
 
     def _files(self):
         return sorted({path for pattern in self.patterns for path in glob.glob(pattern)})
@@ -195,8 +231,13 @@ class LogLines:
             if size > offset:
                 with open(path, "rb") as handle:
                     handle.seek(offset)
-                    self.lines += handle.read(size - offset).count(b"\n")
-            self.offsets[path] = size
+                    chunk = handle.read(size - offset)
+                chunk = chunk[:chunk.rfind(b"\n") + 1]
+                offset += len(chunk)
+                self.lines += chunk.count(b"\n")
+                for i, rx in enumerate(self.regexes):
+                    self.matches[i] += sum(1 for line in chunk.splitlines() if rx.search(line))
+            self.offsets[path] = offset
         return self.lines
 
 
@@ -217,6 +258,11 @@ def main():
             "max_memory_pct": {"type": "float", "default": 75},
             "error_logs": {"type": "list", "elements": "path", "default": []},
             "max_error_lines_per_min": {"type": "float", "default": 60},
+            "message_logs": {"type": "list", "elements": "path", "default": []},
+            "message_ok_pattern": {"type": "str", "default": ""},
+            "message_failed_pattern": {"type": "str", "default": ""},
+            "max_message_failure_pct": {"type": "float", "default": 50},
+            "min_messages": {"type": "int", "default": 10},
             "report_only": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
@@ -226,6 +272,16 @@ def main():
         module.fail_json(msg="duration must be >= 0, interval > 0 and processes not empty")
     if not p["health_url"].startswith(("http://", "https://")):
         module.fail_json(msg=f"health_url must be an http(s) URL, not {p['health_url']!r}")
+    message_patterns = [p["message_ok_pattern"], p["message_failed_pattern"]]
+    if bool(message_patterns[0]) != bool(message_patterns[1]):
+        module.fail_json(msg="message_ok_pattern and message_failed_pattern go together "
+                             "(both empty: no messages trigger)")
+    for name in ("message_ok_pattern", "message_failed_pattern"):
+        try:
+            re.compile(p[name])
+        except re.error as exc:
+            module.fail_json(msg=f"{name} is not a regular expression: {exc}")
+    watch_messages = bool(message_patterns[0]) and bool(p["message_logs"])
     home = p["pm2_home"]
 
     def processes():
@@ -239,9 +295,11 @@ def main():
     except (OSError, RuntimeError, ValueError) as exc:
         module.fail_json(msg=f"cannot start the watch: {exc}")
     logs = LogLines(p["error_logs"])
+    messages = LogLines(p["message_logs"] if watch_messages else [], message_patterns if watch_messages else [])
     start = time.monotonic()
     figures = {"restarts": {}, "memory_pct_max": 0.0, "failed_samples_max": 0,
-               "whatsapp_connected_after_s": None, "error_lines": 0}
+               "whatsapp_connected_after_s": None, "error_lines": 0,
+               "messages_ok": None, "messages_failed": None}
     samples, failed_health, failed_procs, trigger = 0, 0, 0, None
 
     while trigger is None:
@@ -265,6 +323,11 @@ def main():
             rss = sum(now[name]["memory_bytes"] for name in p["processes"] if name in now)
             figures["memory_pct_max"] = max(figures["memory_pct_max"], round(100.0 * rss / total_mem, 2))
         figures["error_lines"] = logs.read()
+        if watch_messages:
+            messages.read()
+            figures["messages_ok"], figures["messages_failed"] = messages.matches
+        handled = (figures["messages_ok"] or 0) + (figures["messages_failed"] or 0)
+        failed_pct = 100.0 * (figures["messages_failed"] or 0) / handled if handled else 0.0
         restarted = sum(figures["restarts"].values())
         error_limit = p["max_error_lines_per_min"] * max(elapsed / 60.0, 1.0)
 
@@ -283,6 +346,10 @@ def main():
         elif figures["memory_pct_max"] > p["max_memory_pct"]:
             trigger = {"name": "memory", "detail": f"the processes use {figures['memory_pct_max']} % of the "
                                                    f"host's memory (limit {p['max_memory_pct']} %)"}
+        elif handled >= max(p["min_messages"], 1) and failed_pct > p["max_message_failure_pct"]:
+            trigger = {"name": "messages", "detail": f"{figures['messages_failed']} of {handled} messages failed "
+                                                     f"during the watch ({failed_pct:.0f} %, limit "
+                                                     f"{p['max_message_failure_pct']} %)"}
         elif p["error_logs"] and figures["error_lines"] > error_limit:
             trigger = {"name": "errors", "detail": f"{figures['error_lines']} error-log lines in {elapsed:.0f} s "
                                                    f"(limit {p['max_error_lines_per_min']}/min)"}

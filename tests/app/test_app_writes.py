@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import secrets
 import signal
 import socket
@@ -230,7 +231,10 @@ def test_webhook_503_when_the_database_is_unreachable(app_env, start_app):
         assert code == 503 and body["stored"] is False and body["id"] == f"down-{n}"
         assert body["error"].startswith("database: ")
     assert api.stop() == 0
-    assert api.output().count("] webhook: ") == 1  # logged once per distinct error
+    out = api.output()
+    # One line per failed message (a watch counts them), the error itself once per distinct error.
+    assert [f"down-{n}" for n in range(3)] == re.findall(r"\] webhook: failed message \((\S+)\): database: ", out)
+    assert len(re.findall(r"\] webhook: (?!failed message )", out)) == 1
 
 
 def test_webhook_503_on_a_database_error(app_env, start_app, postgres, lab_db):

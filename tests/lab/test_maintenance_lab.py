@@ -370,3 +370,47 @@ def test_weekly_watch_trigger_rolls_the_release_back(serving, vault):
     pids = dr.pm2_pids(dr.HOST)
     time.sleep(14)  # longer than the crashing release lived: the release back in place stays up
     assert dr.pm2_pids(dr.HOST) == pids and dr.health()["status"] == "healthy"
+
+
+FAIL_RUN = "watchfail"  # the failing writer's ids: probe-watchfail-<n>
+
+
+def test_weekly_watch_sees_messages_failing_and_rolls_back(serving, vault):
+    """The new release is healthy (/health, the database connected, no restart), but most of the
+    messages it is sent fail at the database (a trigger on `messages` refuses the ids of one writer,
+    as a broken schema or permission would): the watch counts the app's per-message log lines, sees
+    more than 50 % failing and the window goes back to the release before."""
+    before, target = serving_release(), another_release()
+    with dr.connect(vault) as conn:
+        conn.execute(f"""CREATE OR REPLACE FUNCTION aiadmin_test_refuse_message() RETURNS trigger
+                         LANGUAGE plpgsql AS $$ BEGIN
+                           IF NEW.body LIKE 'probe-{FAIL_RUN}-%' THEN
+                             RAISE EXCEPTION 'test fixture: message refused';
+                           END IF;
+                           RETURN NEW;
+                         END $$""")
+        conn.execute("CREATE OR REPLACE TRIGGER aiadmin_test_refuse_message BEFORE INSERT ON messages "
+                     "FOR EACH ROW EXECUTE FUNCTION aiadmin_test_refuse_message()")
+        try:
+            with WebhookWriter(dr.NEW_URL, interval=0.3, run=FAIL_RUN) as failing, \
+                    WebhookWriter(dr.NEW_URL, interval=1.0) as passing:
+                proc, report = weekly("--version", target, "--watch-seconds", "120")
+        finally:
+            conn.execute("DROP TRIGGER IF EXISTS aiadmin_test_refuse_message ON messages")
+            conn.execute("DROP FUNCTION IF EXISTS aiadmin_test_refuse_message()")
+        assert conn.execute("SELECT count(*) FROM messages WHERE body LIKE %s",
+                            (f"probe-{FAIL_RUN}-%",)).fetchone()[0] == 0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "ROLLBACK TRIGGER on lab-new: messages" in out and "WEEKLY WINDOW FAILED, ROLLED BACK" in out, out[-3000:]
+    week = stats(report)["weekly"]
+    watch = week["watch"]
+    assert week["verdict"] == "rolled back" and watch["trigger"]["name"] == "messages", week
+    assert watch["elapsed_s"] < 120, "the watch did not stop at the trigger"
+    figures = watch["figures"]
+    handled = figures["messages_ok"] + figures["messages_failed"]
+    assert handled >= 10 and figures["messages_ok"] >= 1, figures  # the passing writer's messages counted too
+    assert 100 * figures["messages_failed"] / handled > 50, figures
+    assert not figures["restarts"] and figures["failed_samples_max"] < 3, "another trigger's condition, not messages"
+    assert passing.acked() and not failing.acked(), "the fixture refused the wrong messages"
+    assert serving_release() == before and dr.health()["status"] == "healthy"

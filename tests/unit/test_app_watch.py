@@ -78,6 +78,29 @@ def test_error_lines_counted_across_growth_rotation_and_new_files(tmp_path: Path
     assert lines.read() == 6
 
 
+def test_message_lines_counted_by_pattern_and_partial_lines_wait(tmp_path: Path):
+    out, err = tmp_path / "ai-admin-api.out-0.log", tmp_path / "ai-admin-api.err-0.log"
+    out.write_text("T [api] webhook: acknowledged message 1 (m1)\n")
+    err.write_text("T [api] webhook: failed message (m0): database: x\n")
+    lines = app_watch.LogLines([str(tmp_path / "*.out*.log"), str(tmp_path / "*.err*.log")],
+                               ["webhook: acknowledged message ", "webhook: failed message "])
+    lines.read()
+    assert lines.matches == [0, 0], "messages from before the watch were counted"
+    with out.open("a") as f:
+        f.write("T [api] webhook: acknowledged message 2 (m2)\nT [api] health: ok\nT [api] webhook: ackno")
+    with err.open("a") as f:
+        f.write("T [api] webhook: failed message (m3): database: x\nT [api] webhook: failed message (m4): d\n")
+    lines.read()
+    assert lines.matches == [1, 2], "a line without its newline was counted, or one was missed"
+    with out.open("a") as f:
+        f.write("wledged message 5 (m5)\n")  # the rest of the line written at the previous read
+    lines.read()
+    assert lines.matches == [2, 2] and lines.lines == 5
+    out.write_text("T [api] webhook: acknowledged message 6 (m6)\n")  # copytruncate
+    lines.read()
+    assert lines.matches == [3, 2]
+
+
 def test_the_module_refuses_without_a_pm2_daemon(tmp_path: Path):
     res = module("app_watch", {"health_url": "http://127.0.0.1:9/health", "duration": 5,
                                "pm2_home": str(tmp_path), "processes": ["ai-admin-api"]})
@@ -88,6 +111,8 @@ def test_the_module_refuses_without_a_pm2_daemon(tmp_path: Path):
     ({"health_url": "file:///etc/passwd"}, "must be an http(s) URL"),
     ({"interval": 0}, "interval > 0"),
     ({"processes": []}, "processes not empty"),
+    ({"message_ok_pattern": "acknowledged"}, "message_ok_pattern and message_failed_pattern go together"),
+    ({"message_ok_pattern": "ok", "message_failed_pattern": "fail(ed"}, "message_failed_pattern is not a regular"),
 ])
 def test_the_module_refuses_bad_input(tmp_path: Path, args, message):
     base = {"health_url": "http://127.0.0.1:9/health", "duration": 5, "pm2_home": str(tmp_path),
