@@ -236,7 +236,7 @@ class LogLines:
                 offset += len(chunk)
                 self.lines += chunk.count(b"\n")
                 for i, rx in enumerate(self.regexes):
-                    self.matches[i] += sum(1 for line in chunk.splitlines() if rx.search(line))
+                    self.matches[i] += sum(1 for line in chunk.split(b"\n")[:-1] if rx.search(line))
             self.offsets[path] = offset
         return self.lines
 
@@ -295,7 +295,7 @@ def main():
     except (OSError, RuntimeError, ValueError) as exc:
         module.fail_json(msg=f"cannot start the watch: {exc}")
     logs = LogLines(p["error_logs"])
-    messages = LogLines(p["message_logs"] if watch_messages else [], message_patterns if watch_messages else [])
+    messages = LogLines(p["message_logs"], message_patterns) if watch_messages else None
     start = time.monotonic()
     figures = {"restarts": {}, "memory_pct_max": 0.0, "failed_samples_max": 0,
                "whatsapp_connected_after_s": None, "error_lines": 0,
@@ -323,7 +323,7 @@ def main():
             rss = sum(now[name]["memory_bytes"] for name in p["processes"] if name in now)
             figures["memory_pct_max"] = max(figures["memory_pct_max"], round(100.0 * rss / total_mem, 2))
         figures["error_lines"] = logs.read()
-        if watch_messages:
+        if messages:
             messages.read()
             figures["messages_ok"], figures["messages_failed"] = messages.matches
         handled = (figures["messages_ok"] or 0) + (figures["messages_failed"] or 0)
