@@ -55,8 +55,39 @@ WantedBy=multi-user.target
 # role writes its 80aiadmin-retries, which overrides this) retry as the base role makes hosts retry.
 APT_RETRIES = 'Acquire::Retries "10";  // lab image: ride out a mirror hiccup\n'
 APT_RETRIES_FILE = "etc/apt/apt.conf.d/10aiadmin-lab-retries"
+# The lab's apt cache (lab-aptcache, apt-cacher-ng): every lab host and Molecule instance fetches
+# the same packages again and again (lab-old, lab-new, a rebuilt lab-new, each scenario), and a
+# CI run failed when the mirror stopped answering for longer than apt's retries (10 gave up after
+# about 3.5 min, on a package lab-old had fetched minutes before). Through the cache, a package
+# any lab host fetched once is served from the lab. Only the Debian mirror goes through it, and
+# only while it answers: apt asks this script for each host (Proxy-Auto-Detect); without the cache
+# (not created yet, stopped, or the cache container's own first install) apt goes direct.
+APTCACHE_ADDRESS = "10.213.10.5"
+APTCACHE_PORT = 3142
+APT_PROXY_SCRIPT_FILE = "usr/local/sbin/aiadmin-lab-apt-proxy"
+APT_PROXY_FILE = "etc/apt/apt.conf.d/10aiadmin-lab-proxy"
+APT_PROXY = f'Acquire::http::Proxy-Auto-Detect "/{APT_PROXY_SCRIPT_FILE}";  // lab image: the lab\'s apt cache\n'
+
+
+def apt_proxy_script(mirror_host: str) -> str:
+    """The Proxy-Auto-Detect command: the cache for the Debian mirror while it answers, else DIRECT."""
+    return (
+        "#!/bin/sh\n"
+        "# lab image (aiadmin-ops lab): the Debian mirror through lab-aptcache while it answers.\n"
+        f'case "$1" in\n'
+        f"  http://{mirror_host}|http://{mirror_host}/*|http://{mirror_host}:*)\n"
+        f"    if nc -z -w 1 {APTCACHE_ADDRESS} {APTCACHE_PORT} 2>/dev/null; then\n"
+        f"      echo http://{APTCACHE_ADDRESS}:{APTCACHE_PORT}; exit 0\n"
+        "    fi ;;\n"
+        "esac\n"
+        "echo DIRECT\n"
+    )
+
+
 # The recipe's version: an image built from another recipe is rebuilt (and its containers recreated).
-IMAGE_RECIPE = hashlib.sha256(f"{IMAGE_PACKAGES}\n{HOSTKEYS_UNIT}\n{APT_RETRIES}".encode()).hexdigest()[:12]
+IMAGE_RECIPE = hashlib.sha256(
+    f"{IMAGE_PACKAGES}\n{HOSTKEYS_UNIT}\n{APT_RETRIES}\n{APT_PROXY}\n{apt_proxy_script('')}".encode()
+).hexdigest()[:12]
 IMAGE_LABEL = "io.aiadmin-ops.image"
 
 
@@ -100,6 +131,8 @@ _DB_NAMES = ("db.public.lab.test:10.213.10.10",)
 # database host gets room for them, as a managed instance has.
 DB_SHM = "512m"
 CONTAINERS = (
+    # First: the others' apt runs go through it once it answers (APT_PROXY).
+    Container("lab-aptcache", "debian12", {PUBLIC.name: APTCACHE_ADDRESS}),
     Container("lab-db", "debian12", {PUBLIC.name: "10.213.10.10", PRIVATE.name: "10.213.20.10"}, shm_size=DB_SHM),
     Container("lab-old", "debian12", {PUBLIC.name: "10.213.10.20"}, _DB_NAMES),
     Container(
@@ -183,6 +216,14 @@ def debian_mirror() -> str:
     raise LabError("cannot find a Debian mirror in /etc/apt/sources*: the lab images are built from it")
 
 
+def mirror_host(mirror: str) -> str:
+    """The host (and port) of a mirror URL: the one apt sends through the lab's cache."""
+    m = re.match(r"http://([^/]+)", mirror)
+    if not m:
+        raise LabError(f"the lab images need an http:// Debian mirror (apt-cacher-ng serves it), not {mirror}")
+    return m.group(1)
+
+
 def remove_rootfs(rootfs: Path) -> None:
     """Remove a build tree, first unmounting what an interrupted debootstrap left mounted."""
     prefix = str(rootfs.resolve()) + "/"
@@ -217,6 +258,10 @@ def build_image(tag: str) -> None:
     (rootfs / "etc/systemd/system/ssh-hostkeys.service").write_text(HOSTKEYS_UNIT)
     run(["chroot", str(rootfs), "systemctl", "enable", "ssh-hostkeys.service"])
     (rootfs / APT_RETRIES_FILE).write_text(APT_RETRIES)
+    script = rootfs / APT_PROXY_SCRIPT_FILE
+    script.write_text(apt_proxy_script(mirror_host(mirror)))
+    script.chmod(0o755)
+    (rootfs / APT_PROXY_FILE).write_text(APT_PROXY)
     run(["chroot", str(rootfs), "apt-get", "clean"])
     tar = subprocess.Popen(["tar", "--one-file-system", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     proc = subprocess.run(

@@ -16,7 +16,7 @@ from tests.helpers import ROOT, podman
 
 pytestmark = pytest.mark.lab
 
-CONTAINERS = ("lab-db", "lab-old", "lab-new", "lab-egress")
+CONTAINERS = ("lab-aptcache", "lab-db", "lab-old", "lab-new", "lab-egress")
 DB_PRIVATE = "10.213.20.10"
 DB_PUBLIC = "10.213.10.10"
 LAB_CA = ROOT / "lab/state/ca.crt"
@@ -53,6 +53,26 @@ def test_systemd_is_running(lab, name):
     proc = podman("exec", name, "systemctl", "is-system-running", check=False)
     assert proc.stdout.strip() == "running", podman("exec", name, "systemctl", "--failed", check=False).stdout
     assert podman("exec", name, "readlink", "/proc/1/exe").stdout.strip().endswith("systemd")
+
+
+def test_lab_hosts_fetch_the_debian_mirror_through_the_lab_cache(lab):
+    """lab-db's PostgreSQL packages (installed by lab/configure.yml after lab-aptcache) came
+    through the cache: they are in its store and its log names lab-db's address."""
+    from aiadmin_ops.lab import APTCACHE_ADDRESS, APTCACHE_PORT, debian_mirror
+
+    mirror = debian_mirror()
+    for name in ("lab-old", "lab-new", "lab-db"):
+        said = podman("exec", name, "/usr/local/sbin/aiadmin-lab-apt-proxy", f"{mirror}/dists/bookworm/InRelease")
+        assert said.stdout.strip() == f"http://{APTCACHE_ADDRESS}:{APTCACHE_PORT}", name
+        # Anything else (the lab's stand-in repositories) goes direct.
+        said = podman("exec", name, "/usr/local/sbin/aiadmin-lab-apt-proxy", "http://10.213.10.40:8098/")
+        assert said.stdout.strip() == "DIRECT", name
+    stored = podman("exec", "lab-aptcache", "find", "/var/cache/apt-cacher-ng", "-name", "postgresql-1*_*.deb")
+    assert stored.stdout.strip(), "lab-db's PostgreSQL packages are not in the cache"
+    # apt-cacher.log: time|I (from the mirror) or O (to a client)|bytes|client|path.
+    log = podman("exec", "lab-aptcache", "cat", "/var/log/apt-cacher-ng/apt-cacher.log").stdout
+    served = [line for line in log.splitlines() if line.split("|")[1:2] == ["O"] and "|10.213.10.10|" in line]
+    assert any("/postgresql" in line for line in served), log[-2000:]
 
 
 def test_new_reaches_db_over_private_network_with_verify_full(lab, vault):

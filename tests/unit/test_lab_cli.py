@@ -147,3 +147,41 @@ def test_db_replacement_without_the_lab_networks_says_run_lab_up(monkeypatch, ca
     assert cli_mod.main(["lab", "db-replacement"]) == 2
     err = capsys.readouterr().err
     assert "aiadmin-lab-public" in err and "run `aiadmin-ops lab up` first" in err
+
+
+@pytest.mark.parametrize(
+    ("uri", "cache_answers", "expected"),
+    [
+        ("http://deb.debian.org/debian/dists/bookworm/InRelease", True, "http://10.213.10.5:3142"),
+        ("http://deb.debian.org", True, "http://10.213.10.5:3142"),
+        ("http://deb.debian.org/debian/pool/main/x/xz-utils/xz-utils.deb", False, "DIRECT"),
+        ("http://deb.debian.org.example/debian/", True, "DIRECT"),   # another host that starts alike
+        ("http://10.213.10.40:8098/nodesource/", True, "DIRECT"),    # the lab's stand-in repositories
+        ("https://deb.debian.org/debian/", True, "DIRECT"),
+    ],
+)
+def test_apt_proxy_script_sends_only_the_mirror_and_only_while_the_cache_answers(tmp_path, uri, cache_answers,
+                                                                                 expected):
+    """The image's Proxy-Auto-Detect command, run by sh with a stand-in `nc` first on PATH."""
+    from aiadmin_ops import lab
+
+    script = tmp_path / "proxy"
+    script.write_text(lab.apt_proxy_script("deb.debian.org"))
+    nc = tmp_path / "bin" / "nc"
+    nc.parent.mkdir()
+    nc.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/nc.args\nexit {0 if cache_answers else 1}\n")
+    nc.chmod(0o755)
+    env = {"PATH": f"{nc.parent}:/usr/bin:/bin"}
+    proc = subprocess.run(["sh", str(script), uri], capture_output=True, text=True, env=env, check=True)
+    assert proc.stdout == f"{expected}\n"
+    if (tmp_path / "nc.args").exists():
+        assert (tmp_path / "nc.args").read_text() == f"-z -w 1 {lab.APTCACHE_ADDRESS} {lab.APTCACHE_PORT}\n"
+
+
+def test_mirror_host_needs_http():
+    from aiadmin_ops import lab
+
+    assert lab.mirror_host("http://deb.debian.org/debian") == "deb.debian.org"
+    assert lab.mirror_host("http://mirror.lab.test:8080/debian/") == "mirror.lab.test:8080"
+    with pytest.raises(lab.LabError, match="http:// Debian mirror"):
+        lab.mirror_host("https://deb.debian.org/debian")
